@@ -1,0 +1,360 @@
+"""Triton kernels: prune + compress K/V into the token-major bitmap format in one pass.
+
+Each program owns BLOCK_T consecutive tokens of one (batch, head) row: it reads the dense tile once, selects the
+kept channels, and writes the bitmap words and the packed values. The output equals
+`kernel.format.compress_reference(x, topk_keep_mask(score, k), k)` bit for bit (see kernel/format.py).
+
+Top-k selection without sorting: non-negative floats order like their bit patterns read as integers, so the k-th
+largest score of a token is found by building its key MSB-first (radix select: one "count keys >= candidate"
+per bit; 15 rounds for fp16/bf16 magnitudes, 31-32 for fp32 or weighted scores). Every key above the threshold
+is kept; keys equal to it are admitted in channel order until k are kept (the reference's stable sort sends ties
+to the lower channel). One packed cumsum gives, per channel, the number of "greater" and "tie" channels before
+it, which yields both the tie admission and the destination of each kept value in the token's value run.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernel.format import WORD_BITS, Chunk, words_per_token
+
+# Score/key modes (constexpr).
+KEY_FP16 = 0      # |x| of fp16: 15-bit keys
+KEY_BF16 = 1      # |x| of bf16: 15-bit keys
+KEY_FP32 = 2      # |x| of fp32: 31-bit keys
+KEY_WEIGHTED = 3  # float32 |x| * w[c] (any sign): 32-bit signed order-preserving keys
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared device helpers
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _store_bitmap(bitmap_ptr, row_base, offs_t, t_mask, keep, offs_c,
+                  W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr):
+    # bit c%32 of word c//32; the 32 bits of a word are distinct, so a (wrapping) int32 sum is an OR.
+    bits = keep.to(tl.int32) << (offs_c % 32)[None, :]
+    words = tl.sum(tl.reshape(bits, (BLOCK_T, BLOCK_W, 32)), 2)
+    offs_w = tl.arange(0, BLOCK_W)
+    ptrs = bitmap_ptr + row_base + offs_t[:, None] * W + offs_w[None, :]
+    tl.store(ptrs, words, mask=t_mask[:, None] & (offs_w < W)[None, :])
+
+
+@triton.jit
+def _count_ge(key, cmp_val, cand, cand_f, FLOAT_CMP: tl.constexpr):
+    if FLOAT_CMP:
+        cnt = tl.sum((cmp_val >= cand_f[:, None]).to(tl.float32), 1).to(tl.int32)
+    else:
+        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
+    return cnt
+
+
+@triton.jit
+def _key_to_float(cand, KEY_MODE: tl.constexpr):
+    # The float whose key is `cand` (only used by the float-compare path, modes 0-2).
+    if KEY_MODE == 0:
+        f = cand.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    elif KEY_MODE == 1:
+        f = (cand << 16).to(tl.float32, bitcast=True)
+    else:
+        f = cand.to(tl.float32, bitcast=True)
+    return f
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _prune_compress_topk_kernel(
+    x_ptr, w_ptr, bitmap_ptr, values_ptr,
+    H, n, k,
+    sx_b, sx_h, sx_n,
+    sw_b, sw_h,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_T: tl.constexpr, KEY_MODE: tl.constexpr, NBITS: tl.constexpr, FLOAT_CMP: tl.constexpr,
+    KEEP_ALL: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_D)
+    t_mask = offs_t < n
+    c_mask = offs_c < D
+    mask = t_mask[:, None] & c_mask[None, :]
+
+    x_base = b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x = tl.load(x_ptr + x_base + offs_t[:, None].to(tl.int64) * sx_n + offs_c[None, :], mask=mask, other=0.0)
+
+    if KEEP_ALL:
+        keep = mask
+        dest = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.int32) + offs_c[None, :]
+    else:
+        # ---- keys: integers whose order is the score order (ties equal) ----
+        if KEY_MODE == 3:
+            w = tl.load(w_ptr + b.to(tl.int64) * sw_b + h.to(tl.int64) * sw_h + offs_c, mask=c_mask, other=0.0)
+            s = tl.abs(x.to(tl.float32)) * w[None, :]
+            s = tl.where(s == 0.0, 0.0, s)  # -0.0 ties with +0.0, as in torch.sort
+            sb = s.to(tl.int32, bitcast=True)
+            key = tl.where(sb < 0, sb ^ 0x7FFFFFFF, sb)
+            key = tl.where(c_mask[None, :], key, -2147483648)
+            cmp_val = s
+        else:
+            if KEY_MODE == 2:
+                key = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+            else:
+                key = x.to(tl.int16, bitcast=True).to(tl.int32) & 0x7FFF
+            key = tl.where(c_mask[None, :], key, -1)
+            cmp_val = tl.where(c_mask[None, :], tl.abs(x.to(tl.float32)), -1.0)
+
+        # ---- radix select: thr = largest key value with count(key >= thr) >= k, i.e. the k-th largest key ----
+        if KEY_MODE == 3:
+            # sign "bit" first: is the k-th largest score non-negative?
+            zero = tl.zeros((BLOCK_T,), dtype=tl.int32)
+            n_nonneg = tl.sum((key >= zero[:, None]).to(tl.int32), 1)
+            thr = tl.where(n_nonneg >= k, zero, zero - 2147483647 - 1)
+        else:
+            thr = tl.zeros((BLOCK_T,), dtype=tl.int32)
+        for i in tl.static_range(NBITS):
+            cand = thr | (1 << (NBITS - 1 - i))
+            if FLOAT_CMP:
+                cand_f = _key_to_float(cand, KEY_MODE)
+            else:
+                cand_f = cand
+            cnt = _count_ge(key, cmp_val, cand, cand_f, FLOAT_CMP)
+            thr = tl.where(cnt >= k, cand, thr)
+
+        # ---- keep all keys > thr, then ties at thr in channel order; one packed scan gives both prefixes ----
+        gt = key > thr[:, None]
+        eq = key == thr[:, None]
+        need = k - tl.sum(gt.to(tl.int32), 1)
+        packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)
+        before = tl.cumsum(packed, 1) - packed
+        gt_before = before & 0xFFFF
+        eq_before = before >> 16
+        keep = (gt | (eq & (eq_before < need[:, None]))) & mask
+        dest = gt_before + tl.minimum(eq_before, need[:, None])
+
+    row = pid_bh.to(tl.int64)
+    _store_bitmap(bitmap_ptr, row * n * W, offs_t, t_mask, keep, offs_c, W, BLOCK_T, BLOCK_W)
+    v_ptrs = values_ptr + row * n * k + offs_t[:, None] * k + dest
+    tl.store(v_ptrs, x, mask=keep)
+
+
+@triton.jit
+def _compress_masked_kernel(
+    x_ptr, keep_ptr, offsets_ptr, bitmap_ptr, values_ptr,
+    H, n, k, n_values,
+    sx_b, sx_h, sx_n,
+    sk_b, sk_h, sk_n,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_T: tl.constexpr, VARIABLE: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_D)
+    t_mask = offs_t < n
+    mask = t_mask[:, None] & (offs_c < D)[None, :]
+    offs_t64 = offs_t[:, None].to(tl.int64)
+
+    x = tl.load(x_ptr + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h + offs_t64 * sx_n + offs_c[None, :],
+                mask=mask, other=0.0)
+    kv = tl.load(keep_ptr + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h + offs_t64 * sk_n + offs_c[None, :],
+                 mask=mask, other=0)
+    keep = (kv != 0) & mask
+    ki = keep.to(tl.int32)
+    dest = tl.cumsum(ki, 1) - ki
+
+    row = pid_bh.to(tl.int64)
+    _store_bitmap(bitmap_ptr, row * n * W, offs_t, t_mask, keep, offs_c, W, BLOCK_T, BLOCK_W)
+    if VARIABLE:
+        start = tl.load(offsets_ptr + row * n + offs_t, mask=t_mask, other=0)
+        v_ptrs = values_ptr + row * n_values + start[:, None] + dest
+    else:
+        v_ptrs = values_ptr + row * n_values + offs_t[:, None] * k + dest
+    tl.store(v_ptrs, x, mask=keep)
+
+
+@triton.jit
+def _decompress_kernel(
+    bitmap_ptr, values_ptr, offsets_ptr, out_ptr,
+    n, k, n_values,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
+    BLOCK_T: tl.constexpr, VARIABLE: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_D)
+    t_mask = offs_t < n
+    mask = t_mask[:, None] & (offs_c < D)[None, :]
+    # Each channel reads its word (the 32 channels of a word hit the same cached address).
+    words = tl.load(bitmap_ptr + row * n * W + offs_t[:, None] * W + (offs_c // 32)[None, :], mask=mask, other=0)
+    keep = (((words >> (offs_c % 32)[None, :]) & 1) != 0) & mask
+    ki = keep.to(tl.int32)
+    dest = tl.cumsum(ki, 1) - ki
+    if VARIABLE:
+        start = tl.load(offsets_ptr + row * n + offs_t, mask=t_mask, other=0)
+    else:
+        start = offs_t * k
+    vals = tl.load(values_ptr + row * n_values + start[:, None] + dest, mask=keep, other=0.0)
+    tl.store(out_ptr + row * n * D + offs_t[:, None] * D + offs_c[None, :], vals, mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+def _check_x(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"expected x of shape [B, H, n, D], got {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"unsupported dtype {x.dtype}; supported: {_DTYPES}")
+    words_per_token(x.shape[-1])  # raises unless D % 32 == 0
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x
+
+
+def _default_block_t(block_d: int) -> int:
+    # ~4K elements per program: enough bytes in flight per SM, few registers per thread at 4 warps.
+    return max(1, 4096 // block_d)
+
+
+def _empty_chunk(x: torch.Tensor, k: int | None, n_values: int, variable: bool) -> Chunk:
+    b, h, n, d = x.shape
+    bitmap = torch.zeros(b, h, n, d // WORD_BITS, dtype=torch.int32, device=x.device)
+    values = torch.empty(b, h, n_values, dtype=x.dtype, device=x.device)
+    offsets = torch.zeros(b, h, n, dtype=torch.int32, device=x.device) if variable else None
+    return Chunk(bitmap, values, offsets, k)
+
+
+def prune_compress_topk_triton(x: torch.Tensor, k: int, channel_weight: torch.Tensor | None = None, *,
+                               block_t: int | None = None, num_warps: int = 4,
+                               float_compare: bool | None = None) -> Chunk:
+    """Keep the k channels of largest |x| (or |x| * channel_weight[b, h, c]) per token and pack them.
+
+    x: [B, H, n, D] fp16/bf16/fp32, last dim contiguous (other strides arbitrary). channel_weight: [B, H, D].
+    Ties go to the lower channel index, exactly as kernel.format.topk_keep_mask. Returns a fixed-mode Chunk.
+    float_compare: count with float compares (default for fp16, where every value is a normal float32; int
+    compares elsewhere so that flush-to-zero of subnormals can never change a tie).
+    """
+    x = _check_x(x)
+    b, h, n, d = x.shape
+    k = int(k)
+    if not 0 <= k <= d:
+        raise ValueError(f"k must be in [0, {d}], got {k}")
+    chunk = _empty_chunk(x, k, n * k, variable=False)
+    if k == 0 or chunk.values.numel() == 0:
+        return chunk
+    if channel_weight is not None:
+        if tuple(channel_weight.shape) != (b, h, d):
+            raise ValueError(f"channel_weight must be [B, H, D] = {(b, h, d)}, got {tuple(channel_weight.shape)}")
+        w = channel_weight.to(device=x.device, dtype=torch.float32).contiguous()
+        key_mode = KEY_WEIGHTED
+    else:
+        w = x  # unused
+        key_mode = {torch.float16: KEY_FP16, torch.bfloat16: KEY_BF16, torch.float32: KEY_FP32}[x.dtype]
+    if float_compare is None:
+        float_compare = key_mode == KEY_FP16
+    if key_mode == KEY_WEIGHTED:
+        float_compare = False  # signed keys: float compare of the NaN-patterned candidates would be wrong
+    block_d = triton.next_power_of_2(d)
+    block_t = block_t or _default_block_t(block_d)
+    grid = (triton.cdiv(n, block_t), b * h)
+    _prune_compress_topk_kernel[grid](
+        x, w, chunk.bitmap, chunk.values,
+        h, n, k,
+        x.stride(0), x.stride(1), x.stride(2),
+        d * h, d,
+        D=d, BLOCK_D=block_d, W=d // WORD_BITS, BLOCK_W=block_d // WORD_BITS,
+        BLOCK_T=block_t, KEY_MODE=key_mode, NBITS=15 if key_mode in (KEY_FP16, KEY_BF16) else 31,
+        FLOAT_CMP=bool(float_compare), KEEP_ALL=(k == d),
+        num_warps=num_warps,
+    )
+    return chunk
+
+
+def compress_masked_triton(x: torch.Tensor, keep: torch.Tensor, k: int | None = None, *,
+                           n_values: int | None = None, check: bool = True,
+                           block_t: int | None = None, num_warps: int = 4) -> Chunk:
+    """Pack x where `keep` (bool, same shape) is set; same result as kernel.format.compress_reference.
+
+    Fixed mode (k given): every token keeps exactly k values. Variable mode (k None): every (b, h) row keeps the
+    same total; per-token offsets are computed here. check=True validates the mask like the reference (a device
+    sync); n_values (variable mode) lets the caller give the row total and skip that sync.
+    """
+    x = _check_x(x)
+    b, h, n, d = x.shape
+    if keep.shape != x.shape:
+        raise ValueError(f"keep must have the shape of x {tuple(x.shape)}, got {tuple(keep.shape)}")
+    keep = keep.to(device=x.device, dtype=torch.bool)
+    if d > 1 and keep.stride(-1) != 1:
+        keep = keep.contiguous()
+    variable = k is None
+    offsets = None
+    if variable or check:
+        counts = keep.sum(-1, dtype=torch.int32)
+    if variable:
+        offsets = (torch.cumsum(counts, -1, dtype=torch.int32) - counts).contiguous()
+        if n_values is None or check:
+            row_tot = counts.sum(-1)
+            if row_tot.numel() and not bool((row_tot == row_tot.flatten()[0]).all()):
+                raise ValueError("every (batch, head) row of a chunk must keep the same number of values")
+            total = int(row_tot.flatten()[0]) if row_tot.numel() else 0
+            if n_values is not None and n_values != total:
+                raise ValueError(f"n_values={n_values} but the mask keeps {total} values per row")
+            n_values = total
+        kk = 0
+    else:
+        kk = int(k)
+        if check and not bool((counts == kk).all()):
+            raise ValueError(f"fixed-k compression needs exactly {kk} kept values per token")
+        n_values = n * kk
+    chunk = _empty_chunk(x, k, n_values, variable)
+    if offsets is not None:
+        chunk.offsets = offsets
+    if chunk.bitmap.numel() == 0:
+        return chunk
+    block_d = triton.next_power_of_2(d)
+    block_t = block_t or _default_block_t(block_d)
+    grid = (triton.cdiv(n, block_t), b * h)
+    keep_u8 = keep.view(torch.uint8)
+    _compress_masked_kernel[grid](
+        x, keep_u8, offsets if variable else chunk.bitmap, chunk.bitmap, chunk.values,
+        h, n, kk, n_values,
+        x.stride(0), x.stride(1), x.stride(2),
+        keep_u8.stride(0), keep_u8.stride(1), keep_u8.stride(2),
+        D=d, BLOCK_D=block_d, W=d // WORD_BITS, BLOCK_W=block_d // WORD_BITS,
+        BLOCK_T=block_t, VARIABLE=variable, num_warps=num_warps,
+    )
+    return chunk
+
+
+def decompress_triton(chunk: Chunk, head_dim: int, dtype: torch.dtype | None = None, *,
+                      block_t: int | None = None, num_warps: int = 4) -> torch.Tensor:
+    """Dense [B, H, n, D] with zeros at pruned entries (same as kernel.format.decompress_chunk)."""
+    bitmap = chunk.bitmap.contiguous()
+    values = chunk.values.contiguous()
+    b, h, n, w = bitmap.shape
+    if w != words_per_token(head_dim):
+        raise ValueError(f"bitmap has {w} words per token, head_dim {head_dim} needs {head_dim // WORD_BITS}")
+    out = torch.zeros(b, h, n, head_dim, dtype=values.dtype, device=values.device)
+    if out.numel() == 0:
+        return out if dtype is None else out.to(dtype)
+    variable = chunk.offsets is not None
+    offsets = chunk.offsets.contiguous() if variable else bitmap
+    block_d = triton.next_power_of_2(head_dim)
+    block_t = block_t or _default_block_t(block_d)
+    grid = (triton.cdiv(n, block_t), b * h)
+    _decompress_kernel[grid](
+        bitmap, values, offsets, out,
+        n, 0 if variable else int(chunk.k), values.shape[-1],
+        D=head_dim, BLOCK_D=block_d, W=w, BLOCK_T=block_t, VARIABLE=variable, num_warps=num_warps,
+    )
+    return out if dtype is None else out.to(dtype)
