@@ -157,14 +157,14 @@ def decompress_chunk(chunk: Chunk, head_dim: int, dtype=None) -> torch.Tensor:
 # The growable store
 # ----------------------------------------------------------------------------------------------------------
 class SparseStore:
-    """Preallocated, growable (capacity doubling: O(1) amortised appends) storage of one cache side.
+    """Preallocated, growable (geometric x1.5 growth: O(1) amortised appends) storage of one cache side.
 
     `n_tokens` and `n_values` are host integers known without a device sync: fixed mode adds k values per token,
     variable mode adds each chunk's fixed total.
     """
 
     def __init__(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device, k: int | None,
-                 capacity_tokens: int = 256):
+                 capacity_tokens: int = 256, values_per_token: float | None = None):
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.words = words_per_token(head_dim)
         self.dtype, self.device, self.k = dtype, torch.device(device), k
@@ -172,7 +172,8 @@ class SparseStore:
         self.n_values = 0
         cap = max(int(capacity_tokens), 1)
         self.bitmap = torch.zeros(batch, heads, cap, self.words, dtype=torch.int32, device=self.device)
-        vcap = cap * (k if k is not None else head_dim)
+        # variable mode: the caller's expected mean kept count per token (else the worst case, head_dim)
+        vcap = int(math.ceil(cap * (k if k is not None else (values_per_token or head_dim))))
         self.values = torch.zeros(batch, heads, max(vcap, 1), dtype=dtype, device=self.device)
         self.offsets = None if k is not None else torch.zeros(batch, heads, cap, dtype=torch.int32,
                                                               device=self.device)
@@ -187,7 +188,7 @@ class SparseStore:
 
     def _grow(self, need_tokens: int, need_values: int):
         if need_tokens > self.token_capacity:
-            cap = max(need_tokens, 2 * self.token_capacity)
+            cap = max(need_tokens, self.token_capacity + self.token_capacity // 2)
             nb = torch.zeros(self.batch, self.heads, cap, self.words, dtype=torch.int32, device=self.device)
             nb[:, :, : self.n_tokens] = self.bitmap[:, :, : self.n_tokens]
             self.bitmap = nb
@@ -196,7 +197,7 @@ class SparseStore:
                 no[:, :, : self.n_tokens] = self.offsets[:, :, : self.n_tokens]
                 self.offsets = no
         if need_values > self.values.shape[-1]:
-            cap = max(need_values, 2 * self.values.shape[-1])
+            cap = max(need_values, self.values.shape[-1] + self.values.shape[-1] // 2)
             nv = torch.zeros(self.batch, self.heads, cap, dtype=self.dtype, device=self.device)
             nv[:, :, : self.n_values] = self.values[:, :, : self.n_values]
             self.values = nv

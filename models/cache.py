@@ -47,6 +47,7 @@ class MustafarConfig:
     backend: str = "simulated"
     prune_rule: str = "exact"
     obs_window: int | None = None  # prefill queries observed by output-aware/structured methods (default: window)
+    capacity: int | None = None    # tokens to preallocate per sequence (prompt + new tokens); grows past it if needed
 
     def validate(self) -> "MustafarConfig":
         for flag in ("k_sparsity", "v_sparsity"):
@@ -67,6 +68,8 @@ class MustafarConfig:
             raise ValueError(f"unknown prune_rule {self.prune_rule!r}; valid: {', '.join(PRUNE_RULES)}")
         if self.obs_window is not None and (not isinstance(self.obs_window, int) or self.obs_window < 1):
             raise ValueError(f"obs_window must be an integer >= 1, got {self.obs_window!r}")
+        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
+            raise ValueError(f"capacity must be an integer >= 1, got {self.capacity!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -83,7 +86,7 @@ def _grow(buf: torch.Tensor, used: int, need: int, dim: int = 2) -> torch.Tensor
     if need <= buf.shape[dim]:
         return buf
     shape = list(buf.shape)
-    shape[dim] = max(need, 2 * buf.shape[dim])
+    shape[dim] = max(need, buf.shape[dim] + buf.shape[dim] // 2)  # geometric growth (x1.5)
     new = torch.zeros(shape, dtype=buf.dtype, device=buf.device)
     new.narrow(dim, 0, used).copy_(buf.narrow(dim, 0, used))
     return new
@@ -95,9 +98,9 @@ def _grow(buf: torch.Tensor, used: int, need: int, dim: int = 2) -> torch.Tensor
 class SimulatedStorage:
     """One dense buffer per side: tokens [0, n_comp) are pruned (zeros in place), [n_comp, n_total) the window."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int | None = None):
         b, h, n, d = k.shape
-        cap = max(n, 16)
+        cap = max(n, capacity or 16)
         self.k = torch.zeros(b, h, cap, d, dtype=k.dtype, device=k.device)
         self.v = torch.zeros(b, h, cap, v.shape[-1], dtype=v.dtype, device=v.device)
         self.n_total = 0
@@ -159,13 +162,16 @@ def _masked_lse(q, k, scaling, valid_start):
 class CompressedStorage:
     """Pruned tokens in the sparse bitmap format (kernel/format.py), the window in a small dense buffer."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_fixed: int | None, v_fixed: int | None, slack: int):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_fixed: int | None, v_fixed: int | None, slack: int,
+                 capacity: int | None = None, k_mean: float | None = None, v_mean: float | None = None):
         from kernel.format import SparseStore
 
         b, h, n, d = k.shape
         words_per_token(d)  # refuses head dims the bitmap cannot hold
-        self.k_store = SparseStore(b, h, d, k.dtype, k.device, k_fixed, capacity_tokens=max(n, 64))
-        self.v_store = SparseStore(b, h, v.shape[-1], v.dtype, v.device, v_fixed, capacity_tokens=max(n, 64))
+        cap = max(n, capacity or 64)
+        self.k_store = SparseStore(b, h, d, k.dtype, k.device, k_fixed, capacity_tokens=cap, values_per_token=k_mean)
+        self.v_store = SparseStore(b, h, v.shape[-1], v.dtype, v.device, v_fixed, capacity_tokens=cap,
+                                   values_per_token=v_mean)
         self.slack = slack  # the window's steady-state capacity
         self.wk = torch.zeros(b, h, max(n, slack), d, dtype=k.dtype, device=k.device)
         self.wv = torch.zeros(b, h, max(n, slack), v.shape[-1], dtype=v.dtype, device=v.device)
@@ -270,13 +276,17 @@ class MustafarLayer(CacheLayerMixin):
         cfg = self.config
         self.device, self.dtype = key_states.device, key_states.dtype
         if cfg.backend == "simulated":
-            self.storage = SimulatedStorage(key_states, value_states)
+            self.storage = SimulatedStorage(key_states, value_states, cfg.capacity)
         else:
             d = key_states.shape[-1]
             ctx_k, ctx_v = self._ctx("k", 0), self._ctx("v", 0)
             kf = self.k_method.kept_per_token(d, ctx_k)
             vf = self.v_method.kept_per_token(value_states.shape[-1], ctx_v)
-            self.storage = CompressedStorage(key_states, value_states, kf, vf, slack=cfg.window + self.chunk + 1)
+            g = cfg.group_size  # channel-wise methods keep g - round(s*g) of every g tokens in each channel
+            km = d * (g - pruned_count(g, cfg.k_sparsity, cfg.prune_rule)) / g
+            vm = value_states.shape[-1] * (g - pruned_count(g, cfg.v_sparsity, cfg.prune_rule)) / g
+            self.storage = CompressedStorage(key_states, value_states, kf, vf, slack=cfg.window + self.chunk + 1,
+                                             capacity=cfg.capacity, k_mean=km, v_mean=vm)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -289,6 +299,16 @@ class MustafarLayer(CacheLayerMixin):
 
     def get_seq_length(self) -> int:
         return 0 if self.storage is None else self.storage.n_total
+
+    def ingest(self, key_states, value_states):
+        """Store tokens and prune what leaves the window, without attention (benchmarks fill caches this way).
+        Methods that observe prefill queries or attention cannot be used here."""
+        for m in (self.k_method, self.v_method):
+            if m.needs_queries or m.needs_attention or m.needs_prefill_obs:
+                raise ValueError(f"{m.name} needs prefill queries; ingest() serves query-free methods only")
+        self.update(key_states, value_states)
+        self._pending_prefill = False
+        self._evict()
 
     def get_mask_sizes(self, query_length: int):
         return self.get_seq_length() + query_length, 0
