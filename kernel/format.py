@@ -132,10 +132,9 @@ def compress_reference(x: torch.Tensor, keep: torch.Tensor, k: int | None = None
     if row_tot.numel() and not bool((row_tot == row_tot.flatten()[0]).all()):
         raise ValueError("every (batch, head) row of a chunk must keep the same number of values")
     n_values = int(row_tot.flatten()[0]) if row_tot.numel() else 0
-    # Stable ordering of kept entries: token-major, channel ascending.
-    flat_keep = keep.reshape(b, h, n * d)
-    idx = torch.argsort((~flat_keep).to(torch.int8), dim=-1, stable=True)[..., :n_values]
-    values = torch.gather(x.reshape(b, h, n * d), -1, idx)
+    # Boolean selection walks (b, h, t, c) in row-major order: token-major, channel ascending within each row,
+    # and every row holds the same count, so the selected values reshape to the [B, H, n_values] stream.
+    values = x.masked_select(keep).reshape(b, h, n_values)
     offsets = None
     if k is None:
         offsets = (torch.cumsum(counts, -1) - counts).to(torch.int32)
@@ -144,13 +143,11 @@ def compress_reference(x: torch.Tensor, keep: torch.Tensor, k: int | None = None
 
 def decompress_chunk(chunk: Chunk, head_dim: int, dtype=None) -> torch.Tensor:
     keep = unpack_bits(chunk.bitmap, head_dim)  # [B,H,n,D]
-    b, h, n, d = keep.shape
-    out = torch.zeros(b, h, n * d, dtype=dtype or chunk.values.dtype, device=chunk.values.device)
-    flat_keep = keep.reshape(b, h, n * d)
-    n_values = chunk.values.shape[-1]
-    idx = torch.argsort((~flat_keep).to(torch.int8), dim=-1, stable=True)[..., :n_values]
-    out.scatter_(-1, idx, chunk.values.to(out.dtype))
-    return out.reshape(b, h, n, d)
+    out = torch.zeros(keep.shape, dtype=dtype or chunk.values.dtype, device=chunk.values.device)
+    values = chunk.values
+    if not values.is_contiguous():  # a view into a larger store: take the used prefix of every row
+        values = values.contiguous()
+    return out.masked_scatter_(keep, values.to(out.dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------
