@@ -78,14 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_methods():
+    """(key-side names, value-side names) from the models package, or a fallback list."""
     try:
-        from models import METHODS  # noqa: WPS433 - lazy on purpose
-        names = list(METHODS)
-        if names:
-            return names
+        from models import K_METHODS, V_METHODS  # noqa: WPS433 - lazy on purpose
+        if K_METHODS and V_METHODS:
+            return list(K_METHODS), list(V_METHODS)
     except Exception:  # noqa: BLE001 - models package absent or broken: fall back
         pass
-    return list(FALLBACK_METHODS)
+    try:
+        from models import METHODS  # noqa: WPS433
+        if METHODS:
+            return list(METHODS), list(METHODS)
+    except Exception:  # noqa: BLE001
+        pass
+    return ([m for m in FALLBACK_METHODS if not m.startswith(("V", "thinv"))],
+            [m for m in FALLBACK_METHODS if not m.startswith(("K", "think"))])
+
+
+def _resolve_model_info(name: str):
+    """models.loading.resolve_model (classifies without loading weights) or None if unavailable."""
+    try:
+        from models.loading import resolve_model  # noqa: WPS433
+    except Exception:  # noqa: BLE001
+        return None
+    return resolve_model(name)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -126,12 +142,21 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     from longbench.prompts import model2path
 
     name = args.model_name_or_path
-    if _looks_like_path(name):
-        if not os.path.exists(os.path.expanduser(name)):
-            err(f"--model_name_or_path {name!r}: no such file or directory")
-    elif name not in model2path() and not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
-        err(f"--model_name_or_path {name!r}: not a short name of config/model2path.json "
-            f"({', '.join(model2path())}), a hub id 'org/name' or an existing path")
+    args.model_path = model2path().get(name, name)
+    if name.startswith("random:"):
+        err(f"--model_name_or_path {name!r}: random-weight models have no tokenizer")
+    try:
+        info = _resolve_model_info(args.model_path)
+    except (FileNotFoundError, ValueError) as exc:
+        err(f"--model_name_or_path {name!r}: {exc}")
+    if info is None:
+        if _looks_like_path(name):
+            if not os.path.exists(os.path.expanduser(name)):
+                err(f"--model_name_or_path {name!r}: no such file or directory")
+        elif name not in model2path() and not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
+            err(f"--model_name_or_path {name!r}: not a short name of config/model2path.json "
+                f"({', '.join(model2path())}), a hub id 'org/name' or an existing path")
+    args.model_name = info.get("name") if info else None
 
     # mode / methods
     if args.mode == "dense":
@@ -139,8 +164,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         args.k_sparsity, args.v_sparsity = 0.0, 0.0
     if args.mode == "kernel":
         args.backend = "compressed"
-    known = _known_methods()
-    for flag in ("k_method", "v_method"):
+    k_known, v_known = _known_methods()
+    for flag, known in (("k_method", k_known), ("v_method", v_known)):
         if getattr(args, flag) not in known:
             err(f"--{flag} {getattr(args, flag)!r} is not a known method; known: {', '.join(known)}")
 
@@ -293,7 +318,7 @@ def main(argv=None) -> int:
                          k_sparsity=args.k_sparsity, v_sparsity=args.v_sparsity,
                          window=args.residual_length, group_size=args.group_size,
                          backend=args.backend, prune_rule=args.prune_rule)
-    dense_plain = args.mode == "dense" and "none" not in _known_methods()
+    dense_plain = args.mode == "dense" and "none" not in _known_methods()[0]
     if not dense_plain:
         try:
             cfg.validate()
@@ -303,7 +328,8 @@ def main(argv=None) -> int:
     import torch
 
     from longbench.data import load_task
-    from longbench.prompts import build_prompt, generation_kwargs, model_basename, prompt_budget
+    from longbench.prompts import (build_prompt, generation_kwargs, model2maxlen, model_basename,
+                                   prompt_budget)
     from longbench.runner import run_task
 
     rank, world, device = _dist_setup(args.device)
@@ -315,9 +341,13 @@ def main(argv=None) -> int:
         data[task] = load_task(task, data_dir=args.data_dir, e=args.e,
                                max_samples=args.max_samples)
 
-    model, tokenizer = load_model(args.model_name_or_path, dtype=args.dtype, device=device)
+    model, tokenizer = load_model(args.model_path, dtype=args.dtype, device=device)
+    if tokenizer is None:
+        raise SystemExit(f"error: --model_name_or_path {args.model_name_or_path!r} has no tokenizer")
     model_cfg = getattr(model, "config", None)
     base = model_basename(args.model_name_or_path, model_cfg)
+    if base not in model2maxlen() and args.model_name:
+        base = args.model_name
     budget = args.max_length or prompt_budget(args.model_name_or_path, None, model_cfg)
     run_dir = os.path.join(args.output_dir, run_name(base, budget, args))
     identity = _identity(args, base, budget)
@@ -329,6 +359,11 @@ def main(argv=None) -> int:
             "mustafar_config": None if dense_plain else _cfg_dict(cfg),
             "world_size": world, "device": device})
     cache_factory = None if dense_plain else apply_mustafar(model, cfg)
+    try:
+        from models import cache_kwargs as cache_kw  # noqa: WPS433
+    except ImportError:
+        def cache_kw(_model, cache):
+            return {"past_key_values": cache}
     in_device = getattr(model, "device", None) or device
 
     for task in args.tasks:
@@ -341,7 +376,7 @@ def main(argv=None) -> int:
             kw = dict(_kw)
             cache = cache_factory() if cache_factory is not None else None
             if cache is not None:
-                kw["past_key_values"] = cache
+                kw.update(cache_kw(model, cache))
             torch.manual_seed(args.seed)
             with torch.inference_mode():
                 out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kw)

@@ -16,7 +16,7 @@ import inspect
 import io
 import json
 import os
-from typing import Iterable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from longbench import tasks as _tasks
 

@@ -14,11 +14,10 @@ and reproduces the reference numbers *including* the reference quirks:
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import string
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 __all__ = [
     "normalize_answer", "normalize_zh_answer", "f1_score", "qa_f1_score", "qa_f1_zh_score",

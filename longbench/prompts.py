@@ -64,9 +64,18 @@ def prompt_budget(model_name_or_path: str, task: Optional[str] = None, model_con
     """
     base = model_basename(model_name_or_path, model_config)
     table = model2maxlen()
-    if base in table:
-        return int(table[base])
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config else None
+    if base in table:
+        budget = int(table[base])
+        # A budget that fills the whole context leaves no room for the answer (a defect of earlier harnesses,
+        # e.g. 4096 for Llama-2's 4096 positions): keep prompt + max_new_tokens inside the context.
+        if max_pos and task:
+            room = int(max_pos) - get_task(task).max_new_tokens
+            if budget > room:
+                _notice_once(f"[longbench] notice: {base!r} budget {budget} + {get_task(task).max_new_tokens} new "
+                             f"tokens exceeds its {max_pos} positions; prompts of {task} truncated to {room}")
+                budget = room
+        return budget
     if not max_pos:
         raise ValueError(
             f"no prompt budget known for model {base!r} (not in config/model2maxlen.json) and no "
@@ -80,6 +89,15 @@ def prompt_budget(model_name_or_path: str, task: Optional[str] = None, model_con
     print(f"[longbench] notice: {base!r} is not in config/model2maxlen.json; prompt budget = "
           f"max_position_embeddings ({max_pos}) - max_new_tokens ({reserve}) = {budget}")
     return budget
+
+
+_NOTICES: set = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICES:
+        _NOTICES.add(msg)
+        print(msg)
 
 
 def has_chat_template(tokenizer) -> bool:
