@@ -160,7 +160,10 @@ def _masked_lse(q, k, scaling, valid_start):
 
 
 class CompressedStorage:
-    """Pruned tokens in the sparse bitmap format (kernel/format.py), the window in a small dense buffer."""
+    """Pruned tokens in the sparse bitmap format (kernel/format.py), the window in a small dense buffer.
+
+    The window is the slice [w0, w0 + n_win) of its buffer: evicting advances w0 (no copy) and the live tokens are
+    moved back to the front only when the buffer's end is reached, so a decode step moves O(1) dense bytes."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, k_fixed: int | None, v_fixed: int | None, slack: int,
                  capacity: int | None = None, k_mean: float | None = None, v_mean: float | None = None):
@@ -172,9 +175,10 @@ class CompressedStorage:
         self.k_store = SparseStore(b, h, d, k.dtype, k.device, k_fixed, capacity_tokens=cap, values_per_token=k_mean)
         self.v_store = SparseStore(b, h, v.shape[-1], v.dtype, v.device, v_fixed, capacity_tokens=cap,
                                    values_per_token=v_mean)
-        self.slack = slack  # the window's steady-state capacity
-        self.wk = torch.zeros(b, h, max(n, slack), d, dtype=k.dtype, device=k.device)
-        self.wv = torch.zeros(b, h, max(n, slack), v.shape[-1], dtype=v.dtype, device=v.device)
+        self.slack = slack + 16  # steady-state window buffer: the window, one eviction chunk, and room to advance
+        self.wk = torch.zeros(b, h, max(n, self.slack), d, dtype=k.dtype, device=k.device)
+        self.wv = torch.zeros(b, h, max(n, self.slack), v.shape[-1], dtype=v.dtype, device=v.device)
+        self.w0 = 0
         self.n_win = 0
 
     @property
@@ -185,32 +189,40 @@ class CompressedStorage:
     def n_total(self):
         return self.n_comp + self.n_win
 
+    def _compact(self, size: int):
+        """Move the live window to the front of a buffer of `size` tokens (reallocating if the size changes)."""
+        w0, n = self.w0, self.n_win
+        if size != self.wk.shape[2]:
+            wk = torch.zeros(*self.wk.shape[:2], size, self.wk.shape[3], dtype=self.wk.dtype, device=self.wk.device)
+            wv = torch.zeros(*self.wv.shape[:2], size, self.wv.shape[3], dtype=self.wv.dtype, device=self.wv.device)
+            wk[:, :, :n] = self.wk[:, :, w0:w0 + n]
+            wv[:, :, :n] = self.wv[:, :, w0:w0 + n]
+            self.wk, self.wv = wk, wv
+        elif w0:
+            self.wk[:, :, :n] = self.wk[:, :, w0:w0 + n].clone()
+            self.wv[:, :, :n] = self.wv[:, :, w0:w0 + n].clone()
+        self.w0 = 0
+
     def append(self, k, v):
         n = k.shape[2]
-        self.wk = _grow(self.wk, self.n_win, self.n_win + n)
-        self.wv = _grow(self.wv, self.n_win, self.n_win + n)
-        self.wk[:, :, self.n_win:self.n_win + n] = k
-        self.wv[:, :, self.n_win:self.n_win + n] = v
+        end = self.w0 + self.n_win
+        if end + n > self.wk.shape[2]:
+            self._compact(max(self.wk.shape[2], self.n_win + n))
+            end = self.n_win
+        self.wk[:, :, end:end + n] = k
+        self.wv[:, :, end:end + n] = v
         self.n_win += n
 
     def window(self):
-        return self.wk[:, :, : self.n_win], self.wv[:, :, : self.n_win]
+        return self.wk[:, :, self.w0:self.w0 + self.n_win], self.wv[:, :, self.w0:self.w0 + self.n_win]
 
     def evict(self, n, k_chunk, v_chunk):
         self.k_store.append(k_chunk)
         self.v_store.append(v_chunk)
-        rest = self.n_win - n
-        if self.wk.shape[2] > 2 * self.slack and rest <= self.slack:
-            # after a long prefill, give the prompt-sized window buffer back
-            wk = torch.zeros(*self.wk.shape[:2], self.slack, self.wk.shape[3], dtype=self.wk.dtype, device=self.wk.device)
-            wv = torch.zeros(*self.wv.shape[:2], self.slack, self.wv.shape[3], dtype=self.wv.dtype, device=self.wv.device)
-            wk[:, :, :rest] = self.wk[:, :, n:self.n_win]
-            wv[:, :, :rest] = self.wv[:, :, n:self.n_win]
-            self.wk, self.wv = wk, wv
-        elif rest > 0:
-            self.wk[:, :, :rest] = self.wk[:, :, n:self.n_win].clone()
-            self.wv[:, :, :rest] = self.wv[:, :, n:self.n_win].clone()
-        self.n_win = rest
+        self.w0 += n
+        self.n_win -= n
+        if self.wk.shape[2] > 2 * self.slack and self.n_win < self.slack:
+            self._compact(self.slack)  # after a long prefill, give the prompt-sized window buffer back
 
     def dense_kv(self):
         kc = self.k_store.decompress()
@@ -228,8 +240,9 @@ class CompressedStorage:
             comp_start = valid_start.clamp(max=n_comp).to(torch.int32)
             win_start = (valid_start - n_comp).clamp(min=0).to(torch.int32)
         comp_end = torch.full((b,), n_comp, dtype=torch.int32, device=query.device)
+        kw, vw = self.window()
         res = sparse_decode_attention(
-            query[:, :, 0], self.k_store.as_chunk(), self.v_store.as_chunk(), self.wk, self.wv, self.n_win, scaling,
+            query[:, :, 0], self.k_store.as_chunk(), self.v_store.as_chunk(), kw, vw, self.n_win, scaling,
             comp_start=comp_start, comp_end=comp_end, win_start=win_start, return_lse=need_lse)
         out, lse = res if need_lse else (res, None)
         return out[:, None].to(query.dtype), lse  # [B, 1, Hq, D]

@@ -311,6 +311,19 @@ def _cache_is_valid(cache_dir: str, gguf_path: str) -> bool:
     return all(stamp.get(k) == want[k] for k in ("gguf_file", "gguf_bytes", "conversion_version"))
 
 
+def _remove_stale_temporaries(parent: str, older_than_s: float = 3600.0) -> None:
+    """Delete leftovers of conversions that were killed (their 500 MB would otherwise pile up)."""
+    now = time.time()
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith((".converting-", ".stale-")) and os.path.isdir(path):
+            try:
+                if now - os.path.getmtime(path) > older_than_s:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
 def convert_packaged(gguf_path: str | None = None, cache_dir: str | None = None, force: bool = False) -> str:
     """Dequantise the packaged GGUF once into `cache_dir` (safetensors + tokenizer + config).
 
@@ -326,6 +339,7 @@ def convert_packaged(gguf_path: str | None = None, cache_dir: str | None = None,
 
     parent = os.path.dirname(cache_dir)
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_temporaries(parent)
     src_dir, src_file = os.path.dirname(gguf_path), os.path.basename(gguf_path)
     tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
