@@ -323,10 +323,15 @@ class MustafarLayer(CacheLayerMixin):
         self._pending_prefill = False
         self._evict()
 
-    def get_mask_sizes(self, query_length: int):
+    def get_mask_sizes(self, query_length):
+        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position instead of the query length
+            query_length = query_length.shape[0]
         return self.get_seq_length() + query_length, 0
 
     def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # the name of get_max_length in transformers < 5.1x
         return -1
 
     def reset(self):
