@@ -32,7 +32,7 @@ FALLBACK_METHODS = ("none", "Kt_Mag", "Kc_Mag", "Kt_Opt", "Kc_Opt", "Vt_Mag", "V
 # Fields that must match an existing run directory's config.json to resume into it.
 IDENTITY_FIELDS = ("model", "mode", "k_method", "v_method", "k_sparsity", "v_sparsity",
                    "group_size", "residual_length", "backend", "prune_rule", "dtype",
-                   "max_length", "e", "seed")
+                   "max_length", "e", "seed", "offline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--prune_rule", choices=("exact", "paper"), default="exact")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--offline_context", type=int, default=1500,
+                   help="offline suite: context length per sample (tokens, approximated in words)")
+    p.add_argument("--offline_samples", type=int, default=5, help="offline suite: samples per task")
+    p.add_argument("--offline_seed", type=int, default=42, help="offline suite: generation seed")
     return p
 
 
@@ -120,6 +124,10 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         err(f"--group_size must be a positive integer, got {args.group_size}")
     if args.residual_length < 0:
         err(f"--residual_length must be >= 0, got {args.residual_length}")
+    if args.offline_context <= 0:
+        err(f"--offline_context must be a positive integer, got {args.offline_context}")
+    if args.offline_samples <= 0:
+        err(f"--offline_samples must be a positive integer, got {args.offline_samples}")
     if args.max_samples is not None and args.max_samples <= 0:
         err(f"--max_samples must be a positive integer, got {args.max_samples}")
     if args.max_length is not None and args.max_length <= 1:
@@ -219,7 +227,19 @@ def run_name(model_basename: str, budget: int, args) -> str:
             name += f"_g{args.group_size}"
         if args.prune_rule != "exact":
             name += f"_{args.prune_rule}"
+    if _uses_offline(args):
+        name += f"_offline{args.offline_context}x{args.offline_samples}s{args.offline_seed}"
     return name
+
+
+def _uses_offline(args) -> bool:
+    from longbench import tasks as T
+
+    return any(T.is_offline_task(t) for t in getattr(args, "tasks", []) or [])
+
+
+def _offline_options(args) -> dict:
+    return {"n_samples": args.offline_samples, "context_tokens": args.offline_context, "seed": args.offline_seed}
 
 
 def _versions() -> dict:
@@ -238,7 +258,8 @@ def _identity(args, model_basename: str, budget: int) -> dict:
             "k_sparsity": args.k_sparsity, "v_sparsity": args.v_sparsity,
             "group_size": args.group_size, "residual_length": args.residual_length,
             "backend": args.backend, "prune_rule": args.prune_rule, "dtype": args.dtype,
-            "max_length": budget, "e": bool(args.e), "seed": args.seed}
+            "max_length": budget, "e": bool(args.e), "seed": args.seed,
+            "offline": _offline_options(args) if _uses_offline(args) else None}
 
 
 def write_run_config(run_dir: str, args, identity: dict, extra: dict) -> None:
@@ -339,7 +360,7 @@ def main(argv=None) -> int:
     data = {}
     for task in args.tasks:
         data[task] = load_task(task, data_dir=args.data_dir, e=args.e,
-                               max_samples=args.max_samples)
+                               max_samples=args.max_samples, offline=_offline_options(args))
 
     model, tokenizer = load_model(args.model_path, dtype=args.dtype, device=device)
     if tokenizer is None:

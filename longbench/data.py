@@ -22,8 +22,8 @@ from longbench import tasks as _tasks
 
 HUB_REPO = "THUDM/LongBench"
 REQUIRED_FIELDS = ("input", "context", "answers", "length", "all_classes", "_id")
-DEFAULT_OFFLINE_CACHE = os.environ.get(
-    "MUSTAFAR_OFFLINE_CACHE", os.path.join(_tasks.REPO_ROOT, "data", "offline"))
+# None: longbench.offline's own default under the user cache dir (~/.cache/mustafar/offline_suite), never the repo
+DEFAULT_OFFLINE_CACHE = os.environ.get("MUSTAFAR_OFFLINE_CACHE")
 
 
 class JsonlError(ValueError):
@@ -122,7 +122,7 @@ def find_local_file(task: str, data_dir: str, e: bool = False) -> Optional[str]:
     return None
 
 
-def _call_ensure(task: str, cache_dir: str, e: bool) -> str:
+def _call_ensure(task: str, cache_dir: Optional[str], e: bool, offline: Optional[dict] = None) -> str:
     mod = _tasks.offline_module()
     fn = getattr(mod, "ensure_task_file", None) if mod is not None else None
     if fn is None:
@@ -135,6 +135,9 @@ def _call_ensure(task: str, cache_dir: str, e: bool) -> str:
         params = {}
     if "e" in params:
         kwargs["e"] = e
+    for k, v in (offline or {}).items():
+        if k in params and v is not None:
+            kwargs[k] = v
     return fn(task, cache_dir, **kwargs)
 
 
@@ -168,8 +171,10 @@ def _hub_text(task: str, e: bool) -> Tuple[str, str]:
 
 
 def load_task(task: str, data_dir: Optional[str] = None, e: bool = False,
-              max_samples: Optional[int] = None) -> List[dict]:
-    """Samples of ``task`` in dataset order (the first ``max_samples`` if given)."""
+              max_samples: Optional[int] = None, offline: Optional[dict] = None) -> List[dict]:
+    """Samples of ``task`` in dataset order (the first ``max_samples`` if given).
+
+    ``offline``: generation options of offline-suite tasks (n_samples, context_tokens, seed)."""
     if max_samples is not None and int(max_samples) <= 0:
         raise ValueError("max_samples must be a positive integer")
     if task.endswith("_e") and _tasks.is_task(task[:-2]) and not _tasks.is_task(task):
@@ -183,12 +188,12 @@ def load_task(task: str, data_dir: Optional[str] = None, e: bool = False,
             raise FileNotFoundError(f"--data_dir {data_dir!r} is not a directory")
         path = find_local_file(task, data_dir, e)
         if path is None and spec.offline:
-            path = _call_ensure(task, data_dir, e)
+            path = _call_ensure(task, data_dir, e, offline)
         if path is None:
             raise FileNotFoundError(
                 f"no {_file_name(task, e)} in {data_dir} (nor in {os.path.join(data_dir, 'data')})")
     elif spec.offline:
-        path = _call_ensure(task, DEFAULT_OFFLINE_CACHE, e)
+        path = _call_ensure(task, DEFAULT_OFFLINE_CACHE, e, offline)
     else:
         text, where = _hub_text(task, e)
         return _parse_samples(text, where, max_samples)

