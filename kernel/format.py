@@ -10,7 +10,8 @@ Token-major bitmap format ("TBM"), one store per cache side (K or V) of one atte
                                          token t starts at t * k (an affine address, no metadata)
 
 Byte cost per token per KV head (D = head_dim, e = bytes per value, n = kept values of the token):
-    fixed mode:    D/8 + e*k              (D=128, fp16: 16 + 2k  -> rho = 0.5625 at 50 %, 0.3672 at 70 %)
+    fixed mode:    D/8 + e*k              (D=128, fp16: 16 + 2k  -> rho = 0.5625 at 50 %, 0.3594 at 70 %:
+                                           k = 128 - round(0.7 * 128) = 38)
     variable mode: D/8 + e*n + 4          (the int32 offset: +1.6 % of a dense fp16 token at D=128)
 Dense: e*D.  rho = compressed / dense.
 
