@@ -1,0 +1,1000 @@
+// Batched sparse decode attention over the token-major bitmap KV format ("TBM", see kernel/format.py).
+//
+// Design (flash-decoding over compressed tokens, one read of each KV head's data for all G query heads):
+//   grid (1 + num_splits, H, B), 128 threads (4 warps). Block x == 0 handles the dense window; block x >= 1
+//   handles one contiguous slice of the row's compressed tokens [comp_start, comp_end).
+//   A block streams its tokens in tiles of 64 (16 per warp) through shared memory with cp.async
+//   (2-4 stages): the tile's bitmaps, offsets (variable mode) and its contiguous value run (fixed mode
+//   k % 4 != 0 and variable mode: an exact 16-byte-chunk image; fixed mode k % 4 == 0: one padded row per
+//   token, so token rows start in different banks).
+//   Each warp then builds a per-token table of value positions (a popcount prefix per 16/8 channels) and
+//   gathers values straight into tensor-core fragments: S = Q K^T and O += P V with mma.m16n8k16
+//   (fp32 accumulators; M = query heads of the group padded to 16, N = 8 tokens / 8 channels).
+//   The channel order inside the contraction is permuted per lane (lane quad q owns a contiguous channel
+//   range), so a lane's fragment registers come from one bitmap word; the same permutation is applied to Q.
+//   Online softmax in the log2 domain; the 4 warps merge in shared memory; each block writes one partial
+//   (O, log-sum-exp); a small merge kernel combines the partials and writes out (and lse, natural log).
+//   bf16: P is split into hi + lo bf16 parts (two mmas) so P keeps ~16 bits of precision.
+#include "sparse_decode.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace mustafar {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTile = 64;          // tokens per block iteration (16 per warp)
+constexpr int kTableBytes = kWarps * 32 * 16;
+constexpr int kSlackBytes = 32;    // after each value buffer: the branch-free gathers read one past the end
+
+struct SideArgs {
+  const char* vals;
+  int64_t v_sb, v_sh, nvals;
+  const int32_t* bm;
+  int64_t bm_sb, bm_sh, bm_st;
+  const int32_t* off;
+  int64_t off_sb, off_sh, off_st;
+  int mode;    // 0 fixed natural image, 1 fixed padded rows, 2 variable
+  int k;
+  int bm_vec;  // bitmap rows can be copied with one W*4-byte cp.async per token
+  int capH;    // stage capacity (halves) of this side's value buffer
+};
+
+struct WinArgs {
+  const char* data;
+  int64_t sb, sh, st;
+};
+
+struct KParams {
+  int B, H, G, T, n_win, nsplit, ns, win_tile;
+  float scale_log2;
+  const char* q;
+  int64_t q_sb, q_sh;
+  char* out;
+  int64_t o_sb, o_sh;
+  float* lse;
+  float* part_o;
+  float* part_lse;
+  const int32_t* comp_start;
+  const int32_t* comp_end;
+  const int32_t* win_start;
+  SideArgs side[2];
+  WinArgs win[2];
+  int stage_bytes;
+  int vals_off[2], bm_off[2], offs_off[2];
+  int info_off, table_off;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Small device helpers
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async16_full(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async8_full(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async4_full(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void cp_async_wait_stages(int ns) {  // allow ns - 2 groups in flight
+  if (ns <= 2) cp_async_wait<0>();
+  else if (ns == 3) cp_async_wait<1>();
+  else cp_async_wait<2>();
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float& d0, float& d1, float& d2, float& d3, uint32_t a0, uint32_t a1,
+                                         uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (BF16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+template <bool BF16>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (BF16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+// Residual of pack2 (bf16 only): (a, b) - float(pack2(a, b)) rounded to bf16.
+__device__ __forceinline__ uint32_t pack2_bf16_lo(float a, float b, uint32_t hi) {
+  const float ha = __uint_as_float(hi << 16), hb = __uint_as_float(hi & 0xffff0000u);
+  return pack2<true>(a - ha, b - hb);
+}
+
+template <bool BF16>
+__device__ __forceinline__ void store_out(char* base, float v) {
+  if constexpr (BF16) *reinterpret_cast<__nv_bfloat16*>(base) = __float2bfloat16_rn(v);
+  else *reinterpret_cast<__half*>(base) = __float2half_rn(v);
+}
+
+// Value gathers. A lane walks one token region channel by channel, keeping a running shared-memory position that
+// advances only on kept channels. Written in PTX with explicit predicates (no branches):
+//   PRED (default): per channel LOP3.P + predicated LDS.U16 into a zeroed register + predicated IADD; lanes whose
+//                   channel is dropped issue no shared-memory access (fewer bank-conflict wavefronts).
+//   !PRED:          unconditional LDS.U16 + SEL (the value buffers carry slack after the last value).
+// One PRMT packs each pair.
+template <uint32_t BIT, bool PRED>
+__device__ __forceinline__ uint32_t gather_two(uint32_t m, uint32_t& addr) {  // channels BIT, BIT << 1
+  uint32_t out;
+  if constexpr (PRED) {
+    asm volatile(
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "and.b32 t0, %2, %3;\n\tsetp.ne.u32 p0, t0, 0;\n\t"
+        "and.b32 t1, %2, %4;\n\tsetp.ne.u32 p1, t1, 0;\n\t"
+        "mov.b32 v0, 0;\n\tmov.b32 v1, 0;\n\t"
+        "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
+        "@p1 ld.shared.u16 v1, [%1];\n\t@p1 add.u32 %1, %1, 2;\n\t"
+        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        : "=r"(out), "+r"(addr)
+        : "r"(m), "n"(BIT), "n"(BIT << 1));
+  } else {
+    asm volatile(
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "and.b32 t0, %2, %3;\n\tsetp.ne.u32 p0, t0, 0;\n\t"
+        "and.b32 t1, %2, %4;\n\tsetp.ne.u32 p1, t1, 0;\n\t"
+        "ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
+        "ld.shared.u16 v1, [%1];\n\t@p1 add.u32 %1, %1, 2;\n\t"
+        "selp.b32 v0, v0, 0, p0;\n\tselp.b32 v1, v1, 0, p1;\n\t"
+        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        : "=r"(out), "+r"(addr)
+        : "r"(m), "n"(BIT), "n"(BIT << 1));
+  }
+  return out;
+}
+template <uint32_t BIT, bool PRED>
+__device__ __forceinline__ uint32_t gather_cross(uint32_t ma, uint32_t& aa, uint32_t mb, uint32_t& ab) {
+  uint32_t out;  // (channel BIT of token a, channel BIT of token b)
+  if constexpr (PRED) {
+    asm volatile(
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "and.b32 t0, %3, %5;\n\tsetp.ne.u32 p0, t0, 0;\n\t"
+        "and.b32 t1, %4, %5;\n\tsetp.ne.u32 p1, t1, 0;\n\t"
+        "mov.b32 v0, 0;\n\tmov.b32 v1, 0;\n\t"
+        "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
+        "@p1 ld.shared.u16 v1, [%2];\n\t@p1 add.u32 %2, %2, 2;\n\t"
+        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        : "=r"(out), "+r"(aa), "+r"(ab)
+        : "r"(ma), "r"(mb), "n"(BIT));
+  } else {
+    asm volatile(
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "and.b32 t0, %3, %5;\n\tsetp.ne.u32 p0, t0, 0;\n\t"
+        "and.b32 t1, %4, %5;\n\tsetp.ne.u32 p1, t1, 0;\n\t"
+        "ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
+        "ld.shared.u16 v1, [%2];\n\t@p1 add.u32 %2, %2, 2;\n\t"
+        "selp.b32 v0, v0, 0, p0;\n\tselp.b32 v1, v1, 0, p1;\n\t"
+        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        : "=r"(out), "+r"(aa), "+r"(ab)
+        : "r"(ma), "r"(mb), "n"(BIT));
+  }
+  return out;
+}
+template <int I, int N, bool PRED>
+struct Gather {
+  // out[i/2] packs channels i (low) and i+1 (high) of one region of N channels
+  static __device__ __forceinline__ void token(uint32_t m, uint32_t addr, uint32_t* out) {
+    if constexpr (I < N) {
+      out[I / 2] = gather_two<(1u << I), PRED>(m, addr);
+      Gather<I + 2, N, PRED>::token(m, addr, out);
+    }
+  }
+  // out[i] = (channel i of token a, channel i of token b)
+  static __device__ __forceinline__ void pair(uint32_t ma, uint32_t aa, uint32_t mb, uint32_t ab, uint32_t* out) {
+    if constexpr (I < N) {
+      out[I] = gather_cross<(1u << I), PRED>(ma, aa, mb, ab);
+      Gather<I + 1, N, PRED>::pair(ma, aa, mb, ab, out);
+    }
+  }
+};
+
+// Per-block runtime description of one side (compressed K/V or the dense window K/V).
+struct SideRT {
+  const char* vals;
+  const int32_t* bm;
+  const int32_t* off;
+  int64_t bm_st, off_st, src_st_w, nvals;
+  int mode, k, kst, wpt, tpi, capH;
+  bool synth, bm_vec;
+};
+
+// Issues the cp.async copies of one side of one tile; returns the value-position info of the tile
+// (fixed natural: shift of the image; variable: run start - shift; padded rows: 0).
+template <int D>
+__device__ __forceinline__ int stage_side(const SideRT& sd, int tid, int t0, int nt, int tile_n, unsigned char* sv,
+                                          int32_t* sbm, int32_t* soff, int64_t v0, int64_t v1) {
+  constexpr int W = D / 32;
+  if (sd.synth) {
+    for (int i = tid; i < tile_n * W; i += kThreads) sbm[i] = (i / W < nt) ? -1 : 0;
+  } else if (sd.bm_vec) {
+    for (int t = tid; t < tile_n; t += kThreads) {
+      if (t < nt) {
+        const int32_t* src = sd.bm + (int64_t)(t0 + t) * sd.bm_st;
+        if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
+        else cp_async8_full(sbm + t * W, src);
+      } else {
+#pragma unroll
+        for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+      }
+    }
+  } else {
+    for (int i = tid; i < tile_n * W; i += kThreads) {
+      const int t = i / W, w = i % W;
+      if (t < nt) cp_async4_full(sbm + i, sd.bm + (int64_t)(t0 + t) * sd.bm_st + w);
+      else sbm[i] = 0;
+    }
+  }
+  if (sd.mode == 1) {
+    const int my_t = tid / sd.wpt, my_w = tid - my_t * sd.wpt;
+    if (my_t < sd.tpi) {
+      const int ws = sd.wpt + 1;
+      for (int t = my_t; t < nt; t += sd.tpi)
+        cp_async4_full(sv + 4 * (t * ws + my_w), sd.vals + 4 * ((int64_t)(t0 + t) * sd.src_st_w + my_w));
+    }
+    return 0;
+  }
+  if (sd.mode == 2) {
+    for (int t = tid; t < tile_n; t += kThreads) {
+      if (t < nt) cp_async4_full(soff + t, sd.off + (int64_t)(t0 + t) * sd.off_st);
+      else soff[t] = 0;
+    }
+  } else {
+    v0 = (int64_t)t0 * sd.k;
+    v1 = (int64_t)(t0 + nt) * sd.k;
+  }
+  const char* a = sd.vals + 2 * v0;
+  const char* e = sd.vals + 2 * v1;
+  const char* a0 = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a) & ~uintptr_t(15));
+  const int nch = (int)((e - a0 + 15) >> 4);
+  for (int c = tid; c < nch; c += kThreads) {
+    const char* src = a0 + 16 * c;
+    const int64_t rem = e - src;
+    if (rem >= 16) cp_async16_full(sv + 16 * c, src);
+    else cp_async16(sv + 16 * c, src, (int)rem);  // the run's last chunk: read only what belongs to it
+  }
+  const int shift = (int)(a - a0) >> 1;
+  return sd.mode == 2 ? (int)(v0 - shift) : shift;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Split kernel
+// ------------------------------------------------------------------------------------------------
+template <int D, bool BF16, bool GBIG, bool PRED>
+__global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __grid_constant__ KParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int W = D / 32;
+  constexpr int NKB = D / 16;  // k-blocks of S = Q K^T
+  constexpr int NNB = D / 8;   // n-blocks (channels) of O = P V
+  constexpr float NEG_INF = -INFINITY;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
+  const int s = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const bool is_win = (s == p.nsplit);  // the window block comes last: it is short and fills the tail
+  const int G = p.G;
+
+  // ---- token range of this block -------------------------------------------------------------
+  int tbeg, tend;
+  if (is_win) {
+    tbeg = p.win_start ? max(p.win_start[b], 0) : 0;
+    tend = p.n_win;
+  } else {
+    const int cs = p.comp_start ? max(p.comp_start[b], 0) : 0;
+    const int ce = p.comp_end ? min(p.comp_end[b], p.T) : p.T;
+    const int len = max(ce - cs, 0);
+    int per = (len + p.nsplit - 1) / p.nsplit;
+    per = (per + 15) & ~15;
+    tbeg = cs + s * per;
+    tend = min(ce, tbeg + per);
+  }
+  const int ntok = max(tend - tbeg, 0);
+  const int tile_n = is_win ? p.win_tile : kTile;
+  const int ntiles = (ntok + tile_n - 1) / tile_n;
+  const int ns = p.ns;
+
+  // ---- per-side runtime descriptors (shared memory: keeps them out of the registers) ----------
+  __shared__ SideRT sd[2];
+  if (tid < 2) {
+    const int x = tid;
+    SideRT r;
+    r.capH = p.side[x].capH;
+    if (is_win) {
+      const WinArgs& w = p.win[x];
+      r.vals = w.data + 2 * (b * w.sb + h * w.sh);
+      r.bm = nullptr;
+      r.off = nullptr;
+      r.bm_st = 0;
+      r.off_st = 0;
+      r.nvals = 0;
+      r.mode = 1;
+      r.k = D;
+      r.wpt = D / 2;
+      r.src_st_w = w.st / 2;
+      r.synth = true;
+      r.bm_vec = false;
+    } else {
+      const SideArgs& a = p.side[x];
+      r.vals = a.vals + 2 * (b * a.v_sb + h * a.v_sh);
+      r.bm = a.bm + b * a.bm_sb + h * a.bm_sh;
+      r.off = a.off ? a.off + b * a.off_sb + h * a.off_sh : nullptr;
+      r.bm_st = a.bm_st;
+      r.off_st = a.off_st;
+      r.nvals = a.nvals;
+      r.mode = a.mode;
+      r.k = a.k;
+      r.wpt = a.mode == 1 ? a.k / 2 : 1;
+      r.src_st_w = a.k / 2;
+      r.synth = false;
+      r.bm_vec = a.bm_vec != 0;
+    }
+    r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k : 0);
+    r.tpi = kThreads / r.wpt;
+    sd[x] = r;
+  }
+  __syncthreads();
+
+  // ---- Q fragments (A operand of S = Q K^T), channel order permuted per lane quad. Kept in shared
+  //      memory (reloaded per tile) so the registers stay free for the O accumulators. ----------
+  // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
+  constexpr int NQ4 = GBIG ? NKB : NKB / 2;
+  __shared__ uint4 sq4[NQ4 * 32];
+  if (tid < 32) {
+    const unsigned short* qrow0 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq) * p.q_sh));
+    const unsigned short* qrow1 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq + 8) * p.q_sh));
+    const bool r0 = gq < G, r1 = GBIG && (gq + 8 < G);
+    uint32_t* sq = reinterpret_cast<uint32_t*>(sq4);
+#pragma unroll
+    for (int kb = 0; kb < NKB; ++kb) {
+      const int c = q4 * (D / 4) + 4 * kb;
+      const uint32_t a0 = r0 ? (uint32_t(qrow0[c]) | (uint32_t(qrow0[c + 1]) << 16)) : 0u;
+      const uint32_t a2 = r0 ? (uint32_t(qrow0[c + 2]) | (uint32_t(qrow0[c + 3]) << 16)) : 0u;
+      if constexpr (GBIG) {
+        uint32_t* dst = sq + (kb * 32 + lane) * 4;
+        dst[0] = a0;
+        dst[1] = a2;
+        dst[2] = r1 ? (uint32_t(qrow1[c]) | (uint32_t(qrow1[c + 1]) << 16)) : 0u;
+        dst[3] = r1 ? (uint32_t(qrow1[c + 2]) | (uint32_t(qrow1[c + 3]) << 16)) : 0u;
+      } else {
+        uint32_t* dst = sq + ((kb >> 1) * 32 + lane) * 4 + (kb & 1) * 2;
+        dst[0] = a0;
+        dst[1] = a2;
+      }
+    }
+  }
+
+  // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
+  int vcur[2] = {0, 0}, vpref[2] = {0, 0}, vend[2] = {0, 0};
+  if (!is_win && ntiles > 0) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      if (sd[x].mode == 2) {
+        vcur[x] = sd[x].off[(int64_t)tbeg * sd[x].off_st];
+        vpref[x] = ntiles > 1 ? sd[x].off[(int64_t)(tbeg + tile_n) * sd[x].off_st] : 0;
+        const int last = tend - 1;
+        int pc = 0;
+#pragma unroll
+        for (int w = 0; w < W; ++w) pc += __popc(sd[x].bm[(int64_t)last * sd[x].bm_st + w]);
+        vend[x] = sd[x].off[(int64_t)last * sd[x].off_st] + pc;
+      }
+    }
+  }
+
+  int* info = reinterpret_cast<int*>(smem + p.info_off);
+  unsigned short* table = reinterpret_cast<unsigned short*>(smem + p.table_off);
+
+  auto stage = [&](int j) {
+    unsigned char* sb = smem + (j % ns) * p.stage_bytes;
+    const int t0 = tbeg + j * tile_n;
+    const int nt = min(tile_n, ntok - j * tile_n);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      int64_t v0 = 0, v1 = 0;
+      if (sd[x].mode == 2 && !is_win) {
+        const int raw1 = (j + 1 < ntiles) ? vpref[x] : vend[x];
+        v0 = min(max((int64_t)vcur[x], (int64_t)0), sd[x].nvals);
+        v1 = min(max((int64_t)raw1, v0), min(sd[x].nvals, v0 + (int64_t)tile_n * D));
+        vcur[x] = raw1;
+        vpref[x] = (j + 2 < ntiles) ? sd[x].off[(int64_t)(tbeg + (j + 2) * tile_n) * sd[x].off_st] : 0;
+      }
+      const int inf = stage_side<D>(sd[x], tid, t0, nt, tile_n, sb + p.vals_off[x],
+                                    reinterpret_cast<int32_t*>(sb + p.bm_off[x]),
+                                    reinterpret_cast<int32_t*>(sb + p.offs_off[x]), v0, v1);
+      if (tid == 0) info[(j % ns) * 2 + x] = inf;
+    }
+  };
+
+  // ---- per-warp online-softmax state ----------------------------------------------------------
+  float m0 = NEG_INF, l0 = 0.f, m1 = NEG_INF, l1 = 0.f;
+  float oacc[NNB][GBIG ? 4 : 2];
+#pragma unroll
+  for (int nb = 0; nb < NNB; ++nb)
+#pragma unroll
+    for (int e = 0; e < (GBIG ? 4 : 2); ++e) oacc[nb][e] = 0.f;
+
+  for (int j = 0; j < ns - 1; ++j) {
+    if (j < ntiles) stage(j);
+    cp_async_commit();
+  }
+
+  for (int it = 0; it < ntiles; ++it) {
+    cp_async_wait_stages(ns);
+    __syncthreads();
+    if (it + ns - 1 < ntiles) stage(it + ns - 1);
+    cp_async_commit();
+
+    const int nt = min(tile_n, ntok - it * tile_n);
+    if (16 * warp >= nt) continue;  // warp-uniform
+    const unsigned char* sb = smem + (it % ns) * p.stage_bytes;
+    const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
+    const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
+
+    // ---- table of value positions: lane l -> (side l / 16, token l % 16 of this warp's slice) ----
+    {
+      const int side = lane >> 4, xl = lane & 15, tl = 16 * warp + xl;
+      const int32_t* bmw = side ? sbmV : sbmK;
+      const int mode = side ? sd[1].mode : sd[0].mode;
+      const int kst = side ? sd[1].kst : sd[0].kst;
+      const int capH = side ? sd[1].capH : sd[0].capH;
+      const int inf = info[(it % ns) * 2 + side];
+      const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
+      int base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
+      uint32_t e[8];
+      if constexpr (D == 128) {
+        const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
+        const int c0 = __popc(w.x), c1 = __popc(w.y), c2 = __popc(w.z), c3 = __popc(w.w);
+        // keep every read of this token inside the stage buffer, whatever the offsets say
+        base = min(max(base, 0), capH - (c0 + c1 + c2 + c3));
+        e[0] = base;
+        e[1] = base + __popc(w.x & 0xffffu);
+        e[2] = base + c0;
+        e[3] = e[2] + __popc(w.y & 0xffffu);
+        e[4] = e[2] + c1;
+        e[5] = e[4] + __popc(w.z & 0xffffu);
+        e[6] = e[4] + c2;
+        e[7] = e[6] + __popc(w.w & 0xffffu);
+      } else {
+        const uint2 w = *reinterpret_cast<const uint2*>(bmw + tl * 2);
+        const int c0 = __popc(w.x), c1 = __popc(w.y);
+        base = min(max(base, 0), capH - (c0 + c1));
+        e[0] = base;
+        e[1] = base + __popc(w.x & 0xffu);
+        e[2] = base + __popc(w.x & 0xffffu);
+        e[3] = base + __popc(w.x & 0xffffffu);
+        e[4] = base + c0;
+        e[5] = e[4] + __popc(w.y & 0xffu);
+        e[6] = e[4] + __popc(w.y & 0xffffu);
+        e[7] = e[4] + __popc(w.y & 0xffffffu);
+      }
+      *reinterpret_cast<uint4*>(table + (warp * 32 + lane) * 8) =
+          make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
+    }
+    __syncwarp();
+
+    // ---- S = Q K^T for the warp's 16 tokens (two n8 tiles; lane gathers token 8*jt + lane/4) ----
+    float sacc[2][4];
+    {
+      const uint32_t svK = smem_u32(sb + p.vals_off[0]);
+      uint32_t kf[2][D / 8];
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt) {
+        const int xk = 8 * jt + gq;
+        const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
+        uint32_t m;
+        if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(16 * warp + xk) * W + q4]);
+        else m = reinterpret_cast<const unsigned short*>(sbmK + (16 * warp + xk) * W)[q4];
+        // the region's two halves as two independent chains (shorter dependency chains)
+        uint32_t lo[D / 16], hi[D / 16];
+        Gather<0, D / 8, PRED>::token(m & ((1u << (D / 8)) - 1u), svK + 2 * (ents & 0xffffu), lo);
+        Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
+#pragma unroll
+        for (int i = 0; i < D / 16; ++i) {
+          kf[jt][i] = lo[i];
+          kf[jt][D / 16 + i] = hi[i];
+        }
+      }
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
+#pragma unroll
+      for (int kb = 0; kb < NKB; kb += 2) {
+        if constexpr (GBIG) {
+          const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
+#pragma unroll
+          for (int jt = 0; jt < 2; ++jt) {
+            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.x, v.z, v.y, v.w, kf[jt][2 * kb],
+                           kf[jt][2 * kb + 1]);
+            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v2.x, v2.z, v2.y, v2.w,
+                           kf[jt][2 * kb + 2], kf[jt][2 * kb + 3]);
+          }
+        } else {
+          const uint4 v = sq4[(kb >> 1) * 32 + lane];
+#pragma unroll
+          for (int jt = 0; jt < 2; ++jt) {
+            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.x, 0u, v.y, 0u, kf[jt][2 * kb],
+                           kf[jt][2 * kb + 1]);
+            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.z, 0u, v.w, 0u, kf[jt][2 * kb + 2],
+                           kf[jt][2 * kb + 3]);
+          }
+        }
+      }
+    }
+
+    // ---- online softmax (log2 domain) ----
+    float pr[2][4];
+    {
+      const int vlim = nt - 16 * warp;
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * jt + 2 * q4 + (e & 1);
+          pr[jt][e] = (col < vlim) ? sacc[jt][e] * p.scale_log2 : NEG_INF;
+        }
+      float mx = fmaxf(fmaxf(pr[0][0], pr[0][1]), fmaxf(pr[1][0], pr[1][1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m0, mx);
+      const float mu = (mn == NEG_INF) ? 0.f : mn;
+      const float al = exp2f(m0 - mu);
+      m0 = mn;
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt) {
+        pr[jt][0] = exp2f(pr[jt][0] - mu);
+        pr[jt][1] = exp2f(pr[jt][1] - mu);
+      }
+      l0 = l0 * al + (pr[0][0] + pr[0][1]) + (pr[1][0] + pr[1][1]);
+      if (__any_sync(0xffffffffu, al != 1.f)) {
+#pragma unroll
+        for (int nb = 0; nb < NNB; ++nb) {
+          oacc[nb][0] *= al;
+          oacc[nb][1] *= al;
+        }
+      }
+      if constexpr (GBIG) {
+        float mx1 = fmaxf(fmaxf(pr[0][2], pr[0][3]), fmaxf(pr[1][2], pr[1][3]));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn1 = fmaxf(m1, mx1);
+        const float mu1 = (mn1 == NEG_INF) ? 0.f : mn1;
+        const float al1 = exp2f(m1 - mu1);
+        m1 = mn1;
+#pragma unroll
+        for (int jt = 0; jt < 2; ++jt) {
+          pr[jt][2] = exp2f(pr[jt][2] - mu1);
+          pr[jt][3] = exp2f(pr[jt][3] - mu1);
+        }
+        l1 = l1 * al1 + (pr[0][2] + pr[0][3]) + (pr[1][2] + pr[1][3]);
+#pragma unroll
+        for (int nb = 0; nb < NNB; ++nb) {
+          oacc[nb][2] *= al1;
+          oacc[nb][3] *= al1;
+        }
+      }
+    }
+    // P as the A operand of O += P V (k = the warp's 16 tokens)
+    const uint32_t pa0 = pack2<BF16>(pr[0][0], pr[0][1]);
+    const uint32_t pa2 = pack2<BF16>(pr[1][0], pr[1][1]);
+    const uint32_t pa1 = GBIG ? pack2<BF16>(pr[0][2], pr[0][3]) : 0u;
+    const uint32_t pa3 = GBIG ? pack2<BF16>(pr[1][2], pr[1][3]) : 0u;
+    uint32_t pl0 = 0, pl1 = 0, pl2 = 0, pl3 = 0;
+    if constexpr (BF16) {
+      pl0 = pack2_bf16_lo(pr[0][0], pr[0][1], pa0);
+      pl2 = pack2_bf16_lo(pr[1][0], pr[1][1], pa2);
+      if constexpr (GBIG) {
+        pl1 = pack2_bf16_lo(pr[0][2], pr[0][3], pa1);
+        pl3 = pack2_bf16_lo(pr[1][2], pr[1][3], pa3);
+      }
+    }
+
+    // ---- O += P V: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9}, channels gq*D/8 + nb ----
+    {
+      const uint32_t svV = smem_u32(sb + p.vals_off[1]);
+      uint32_t vm[4];
+      uint32_t vp[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
+        vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
+        if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (16 * warp + xv) * W)[gq];
+        else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (16 * warp + xv) * W)[gq];
+      }
+      // two halves of the channel blocks keep only 16 fragment registers live
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        constexpr int HN = NNB / 2;
+        uint32_t vb0[HN], vb1[HN];
+        Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
+        Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
+        if (half == 0) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+        }
+#pragma unroll
+        for (int i = 0; i < HN; ++i) {
+          const int nb = half * HN + i;
+          float z2 = 0.f, z3 = 0.f;
+          float& c2 = GBIG ? oacc[nb][GBIG ? 2 : 0] : z2;
+          float& c3 = GBIG ? oacc[nb][GBIG ? 3 : 1] : z3;
+          mma16816<BF16>(oacc[nb][0], oacc[nb][1], c2, c3, pa0, pa1, pa2, pa3, vb0[i], vb1[i]);
+          if constexpr (BF16) mma16816<BF16>(oacc[nb][0], oacc[nb][1], c2, c3, pl0, pl1, pl2, pl3, vb0[i], vb1[i]);
+        }
+      }
+    }
+    __syncwarp();  // the table is rebuilt next tile
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // ---- merge the 4 warps, write this block's partial -------------------------------------------
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  if constexpr (GBIG) {
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  }
+  float* fm = reinterpret_cast<float*>(smem);  // [warps][16]
+  float* fl = fm + kWarps * 16;                // [warps][16]
+  float* fo = fl + kWarps * 16;                // [warps][G][D]
+  if (q4 == 0) {
+    fm[warp * 16 + gq] = m0;
+    fl[warp * 16 + gq] = l0;
+    if constexpr (GBIG) {
+      fm[warp * 16 + gq + 8] = m1;
+      fl[warp * 16 + gq + 8] = l1;
+    }
+  }
+  if (gq < G) {
+#pragma unroll
+    for (int nb = 0; nb < NNB; ++nb) {
+      fo[(warp * G + gq) * D + (2 * q4) * (D / 8) + nb] = oacc[nb][0];
+      fo[(warp * G + gq) * D + (2 * q4 + 1) * (D / 8) + nb] = oacc[nb][1];
+    }
+  }
+  if constexpr (GBIG) {
+    if (gq + 8 < G) {
+#pragma unroll
+      for (int nb = 0; nb < NNB; ++nb) {
+        fo[(warp * G + gq + 8) * D + (2 * q4) * (D / 8) + nb] = oacc[nb][GBIG ? 2 : 0];
+        fo[(warp * G + gq + 8) * D + (2 * q4 + 1) * (D / 8) + nb] = oacc[nb][GBIG ? 3 : 1];
+      }
+    }
+  }
+  __syncthreads();
+  const int nsp = p.nsplit + 1;
+  for (int idx = tid; idx < G * D; idx += kThreads) {
+    const int g = idx / D, c = idx % D;
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, fm[w * 16 + g]);
+    float L = 0.f, acc = 0.f;
+    if (M != NEG_INF) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float e = exp2f(fm[w * 16 + g] - M);
+        L += e * fl[w * 16 + g];
+        acc += e * fo[(w * G + g) * D + c];
+      }
+    }
+    const int64_t pidx = ((int64_t)(b * p.H + h) * nsp + s) * G + g;
+    p.part_o[pidx * D + c] = L > 0.f ? acc / L : 0.f;
+    if (c == 0) p.part_lse[pidx] = L > 0.f ? M + log2f(L) : NEG_INF;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Merge kernel: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max)
+// ------------------------------------------------------------------------------------------------
+constexpr int kMergeThreads = 256;
+
+template <int D, bool BF16>
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_constant__ KParams p) {
+  extern __shared__ float mw[];  // [nsp][G] weights, then [G] 1/sum and [G] lse
+  const int h = blockIdx.x, b = blockIdx.y, G = p.G, nsp = p.nsplit + 1;
+  const int64_t row = (int64_t)(b * p.H + h) * nsp;
+  float* inv = mw + nsp * G;
+  float* lsev = inv + G;
+  // one warp per query head computes the split weights 2^(lse_s - max)
+  for (int g = threadIdx.x >> 5; g < G; g += kMergeThreads / 32) {
+    const int ln = threadIdx.x & 31;
+    float M = -INFINITY;
+    for (int s2 = ln; s2 < nsp; s2 += 32) M = fmaxf(M, p.part_lse[(row + s2) * G + g]);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0.f;
+    for (int s2 = ln; s2 < nsp; s2 += 32) {
+      const float w = M == -INFINITY ? 0.f : exp2f(p.part_lse[(row + s2) * G + g] - M);
+      mw[s2 * G + g] = w;
+      L += w;
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (ln == 0) {
+      inv[g] = L > 0.f ? 1.f / L : 0.f;
+      lsev[g] = L > 0.f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kMergeThreads) {
+    const int g = idx / D, c = idx % D;
+    const float* po = p.part_o + (row * G + g) * D + c;
+    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+    int s2 = 0;
+    for (; s2 + 4 <= nsp; s2 += 4) {
+      acc0 += mw[s2 * G + g] * po[(int64_t)s2 * G * D];
+      acc1 += mw[(s2 + 1) * G + g] * po[(int64_t)(s2 + 1) * G * D];
+      acc2 += mw[(s2 + 2) * G + g] * po[(int64_t)(s2 + 2) * G * D];
+      acc3 += mw[(s2 + 3) * G + g] * po[(int64_t)(s2 + 3) * G * D];
+    }
+    for (; s2 < nsp; ++s2) acc0 += mw[s2 * G + g] * po[(int64_t)s2 * G * D];
+    const float o = ((acc0 + acc1) + (acc2 + acc3)) * inv[g];
+    store_out<BF16>(p.out + 2 * (b * p.o_sb + (int64_t)(h * G + g) * p.o_sh + c), o);
+    if (p.lse && c == 0) p.lse[(int64_t)b * p.H * G + h * G + g] = lsev[g];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side
+// ------------------------------------------------------------------------------------------------
+using SplitFn = void (*)(KParams);
+
+template <int D, bool BF16, bool GBIG>
+SplitFn split_fn(bool pred) {
+  return pred ? split_kernel<D, BF16, GBIG, true> : split_kernel<D, BF16, GBIG, false>;
+}
+
+SplitFn pick_split(int D, bool bf16, bool gbig, int gather) {
+  const bool pred = gather == 0;
+  if (D == 128) {
+    if (bf16) return gbig ? split_fn<128, true, true>(pred) : split_fn<128, true, false>(pred);
+    return gbig ? split_fn<128, false, true>(pred) : split_fn<128, false, false>(pred);
+  }
+  if (bf16) return gbig ? split_fn<64, true, true>(pred) : split_fn<64, true, false>(pred);
+  return gbig ? split_fn<64, false, true>(pred) : split_fn<64, false, false>(pred);
+}
+
+SplitFn pick_merge(int D, bool bf16) {
+  if (D == 128) return bf16 ? merge_kernel<128, true> : merge_kernel<128, false>;
+  return bf16 ? merge_kernel<64, true> : merge_kernel<64, false>;
+}
+
+int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+int side_mode(const CompressedSide& s, int layout) {
+  if (s.offsets) return 2;
+  if (layout != 2) return 0;  // the exact image measured faster than padded rows (4-byte copies) on H200
+  const bool aligned4 = (reinterpret_cast<uintptr_t>(s.values) % 4 == 0) && (s.val_sb % 2 == 0) && (s.val_sh % 2 == 0);
+  return (s.k % 4 == 0 && aligned4) ? 1 : 0;
+}
+
+int side_cap_halves(int mode, int k, int D) {
+  int cap = mode == 0 ? kTile * k + 16 : (mode == 1 ? kTile * (k / 2 + 1) * 2 : kTile * D + 16);
+  cap = cap > 16 * (D + 2) ? cap : 16 * (D + 2);  // room for a 16-token window tile
+  return round_up(cap, 8);
+}
+
+int sm_count_of_current_device() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  if (dev < 0 || dev >= 64) return 0;
+  if (cached[dev] == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess) cached[dev] = n;
+  }
+  return cached[dev];
+}
+
+cudaError_t fail(const char** err, const char* msg) {
+  if (err) *err = msg;
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const char** err) {
+  if (err) *err = nullptr;
+  if (p.D != 64 && p.D != 128) return fail(err, "head_dim must be 64 or 128");
+  if (p.G < 1 || p.G > 16) return fail(err, "query heads per KV head (G) must be in 1..16");
+  if (p.B < 0 || p.H < 0 || p.T < 0 || p.n_win < 0) return fail(err, "negative size");
+  if (p.B > 65535 || p.H > 65535) return fail(err, "batch and KV heads must be <= 65535");
+  const CompressedSide* sides[2] = {&p.k, &p.v};
+  for (int x = 0; x < 2; ++x) {
+    const CompressedSide& s = *sides[x];
+    if (!s.offsets && (s.k < 1 || s.k > p.D)) return fail(err, "fixed-mode k must be in 1..head_dim");
+    if (s.bm_st < p.D / 32 && p.T > 1) return fail(err, "bitmap token stride too small");
+  }
+  const DenseWindow* wins[2] = {&p.k_win, &p.v_win};
+  if (p.n_win > 0) {
+    for (int x = 0; x < 2; ++x) {
+      const DenseWindow& w = *wins[x];
+      if (!w.data) return fail(err, "window data missing");
+      if (reinterpret_cast<uintptr_t>(w.data) % 4 || w.sb % 2 || w.sh % 2 || w.st % 2)
+        return fail(err, "window tensors need 4-byte aligned rows (even strides)");
+    }
+  }
+  const int D = p.D, W = D / 32;
+  plan->k_mode = side_mode(p.k, p.layout);
+  plan->v_mode = side_mode(p.v, p.layout);
+  const int capK = side_cap_halves(plan->k_mode, p.k.k, D);
+  const int capV = side_cap_halves(plan->v_mode, p.v.k, D);
+  const int capMin = capK < capV ? capK : capV;
+  int win_tile = 16 * (capMin / (16 * (D + 2)));
+  if (win_tile > kTile) win_tile = kTile;
+  if (win_tile < 16) win_tile = 16;
+  plan->win_tile = win_tile;
+  const int stage = round_up(2 * capK + kSlackBytes, 16) + round_up(2 * capV + kSlackBytes, 16) + 2 * kTile * W * 4 +
+                    2 * kTile * 4;
+  int ns = p.num_stages;
+  if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= 52 * 1024) ? 3 : 2;  // keep 4 blocks per SM
+  if (ns < 2) ns = 2;
+  if (ns > 4) ns = 4;
+  plan->num_stages = ns;
+  const int total = ns * stage + 64 + kTableBytes;
+  const int merge_need = 2 * kWarps * 16 * 4 + kWarps * p.G * D * 4;
+  plan->smem_bytes = total > merge_need ? total : merge_need;
+  if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
+
+  // split count: fill the SMs with as few waves as possible
+  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather);
+  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       plan->smem_bytes);
+  if (e != cudaSuccess) return e;
+  e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
+                           cudaSharedmemCarveoutMaxShared);
+  if (e != cudaSuccess) return e;
+  int occ = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, reinterpret_cast<const void*>(fn), kThreads, plan->smem_bytes);
+  if (e != cudaSuccess) return e;
+  if (occ < 1) occ = 1;
+  plan->blocks_per_sm = occ;
+  const int sms = sm_count_of_current_device();
+  const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
+  const int64_t rows = (int64_t)p.B * p.H;
+  const int tiles = (p.T + kTile - 1) / kTile;
+  int nsplit = p.num_splits;
+  if (nsplit <= 0) {
+    nsplit = 1;
+    if (tiles > 1 && rows > 0) {
+      double best = 1e30;
+      const int max_ns = tiles < 4096 ? tiles : 4096;
+      for (int n = 1; n <= max_ns; ++n) {
+        const int64_t waves = (rows * n + slots - 1) / slots;
+        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0);
+        if (cost < best - 1e-9) { best = cost; nsplit = n; }
+      }
+    }
+  }
+  if (nsplit < 1) nsplit = 1;
+  if (nsplit > 1 << 20) nsplit = 1 << 20;
+  plan->num_splits = nsplit;
+  plan->workspace_floats = rows * (int64_t)(nsplit + 1) * p.G * (D + 1);
+  return cudaSuccess;
+}
+
+cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, cudaStream_t stream) {
+  if (p.B == 0 || p.H == 0) return cudaSuccess;
+  if (!p.workspace || !p.out || !p.q) return cudaErrorInvalidValue;
+  const int D = p.D, W = D / 32;
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  KParams kp;
+  kp.B = p.B;
+  kp.H = p.H;
+  kp.G = p.G;
+  kp.T = p.T;
+  kp.n_win = p.n_win;
+  kp.nsplit = plan.num_splits;
+  kp.ns = plan.num_stages;
+  kp.win_tile = plan.win_tile;
+  kp.scale_log2 = p.scale * 1.4426950408889634f;
+  kp.q = static_cast<const char*>(p.q);
+  kp.q_sb = p.q_sb;
+  kp.q_sh = p.q_sh;
+  kp.out = static_cast<char*>(p.out);
+  kp.o_sb = p.out_sb;
+  kp.o_sh = p.out_sh;
+  kp.lse = p.lse;
+  const int64_t rows = (int64_t)p.B * p.H;
+  kp.part_o = p.workspace;
+  kp.part_lse = p.workspace + rows * (plan.num_splits + 1) * p.G * D;
+  kp.comp_start = p.comp_start;
+  kp.comp_end = p.comp_end;
+  kp.win_start = p.win_start;
+  const CompressedSide* sides[2] = {&p.k, &p.v};
+  const int modes[2] = {plan.k_mode, plan.v_mode};
+  int caps[2];
+  for (int x = 0; x < 2; ++x) {
+    const CompressedSide& s = *sides[x];
+    SideArgs& a = kp.side[x];
+    a.vals = static_cast<const char*>(s.values);
+    a.v_sb = s.val_sb;
+    a.v_sh = s.val_sh;
+    a.nvals = s.n_values;
+    a.bm = s.bitmap;
+    a.bm_sb = s.bm_sb;
+    a.bm_sh = s.bm_sh;
+    a.bm_st = s.bm_st;
+    a.off = s.offsets;
+    a.off_sb = s.off_sb;
+    a.off_sh = s.off_sh;
+    a.off_st = s.off_st;
+    a.mode = modes[x];
+    a.k = s.offsets ? D : s.k;
+    a.bm_vec = (reinterpret_cast<uintptr_t>(s.bitmap) % (4 * W) == 0) && s.bm_sb % W == 0 && s.bm_sh % W == 0 &&
+               s.bm_st % W == 0;
+    caps[x] = side_cap_halves(modes[x], s.k, D);
+    a.capH = caps[x];
+  }
+  const DenseWindow* wins[2] = {&p.k_win, &p.v_win};
+  for (int x = 0; x < 2; ++x) {
+    kp.win[x].data = static_cast<const char*>(wins[x]->data);
+    kp.win[x].sb = wins[x]->sb;
+    kp.win[x].sh = wins[x]->sh;
+    kp.win[x].st = wins[x]->st;
+  }
+  // stage layout: [K values | V values | K bitmap | V bitmap | K offsets | V offsets]
+  int o = 0;
+  kp.vals_off[0] = o;
+  o += round_up(2 * caps[0] + kSlackBytes, 16);
+  kp.vals_off[1] = o;
+  o += round_up(2 * caps[1] + kSlackBytes, 16);
+  kp.bm_off[0] = o;
+  o += kTile * W * 4;
+  kp.bm_off[1] = o;
+  o += kTile * W * 4;
+  kp.offs_off[0] = o;
+  o += kTile * 4;
+  kp.offs_off[1] = o;
+  o += kTile * 4;
+  kp.stage_bytes = o;
+  kp.info_off = plan.num_stages * o;
+  kp.table_off = kp.info_off + 64;
+
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather);
+  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       plan.smem_bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid(plan.num_splits + 1, p.H, p.B);
+  fn<<<grid, kThreads, plan.smem_bytes, stream>>>(kp);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  SplitFn mfn = pick_merge(D, bf16);
+  const int merge_smem = ((plan.num_splits + 1) * p.G + 2 * p.G) * 4;
+  if (merge_smem > 48 * 1024) {
+    e = cudaFuncSetAttribute(reinterpret_cast<const void*>(mfn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             merge_smem);
+    if (e != cudaSuccess) return e;
+  }
+  mfn<<<dim3(p.H, p.B), kMergeThreads, merge_smem, stream>>>(kp);
+  return cudaGetLastError();
+}
+
+}  // namespace mustafar
