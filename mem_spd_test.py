@@ -59,19 +59,20 @@ def ints(s):
 
 
 def run_attention(args, gpu, meta):
+    if not gpu:
+        print("attention mode: the CUDA kernel benchmark needs a GPU; the CPU path is the PyTorch reference "
+              "(see tests/test_attention_dispatch.py). Skipped.", file=sys.stderr)
+        return []
     from kernel.bench_attention import run_benchmark
 
     shapes = args.attn_shapes.split(",")
-    if gpu:
-        batches = ints(args.attn_batches) or [1, 8, 32]
-        lengths = ints(args.attn_lengths) or [4096, 8192, 32768]
-        cases = [(sh, b, l, s) for sh in shapes for b in batches for l in lengths for s in args.sparsity_list]
-        cases += [(sh, 1, 131072, s) for sh in shapes for s in args.sparsity_list]
-    else:
-        batches = ints(args.attn_batches) or [1, 2]
-        lengths = ints(args.attn_lengths) or [300, 1000]
-        cases = [(sh, b, l, s) for sh in shapes for b in batches for l in lengths for s in args.sparsity_list]
-    return run_benchmark(cases, args.out_dir, tag=args.tag)
+    batches = ints(args.attn_batches) or [1, 8, 32]
+    lengths = ints(args.attn_lengths) or [4096, 8192, 32768]
+    cases = [dict(shape=sh, B=b, L=l, sparsity=s) for sh in shapes for b in batches for l in lengths
+             for s in args.sparsity_list]
+    if not args.attn_lengths:
+        cases += [dict(shape=sh, B=1, L=131072, sparsity=s) for sh in shapes for s in args.sparsity_list]
+    return run_benchmark(cases, args.out_dir, command=meta["command"])
 
 
 def run_compress(args, gpu, meta, model=None):
@@ -197,7 +198,7 @@ def plots(out_dir, tag, e2e_rows, attn_rows):
         p = os.path.join(out_dir, f"e2e{tag}.png")
         fig.savefig(p, dpi=110)
         paths.append(p)
-    ok = [r for r in (attn_rows or []) if r.get("sparse_us")]
+    ok = [dict(r, batch=r["B"], length=r["L"]) for r in (attn_rows or []) if r.get("sparse_us")]
     if ok:
         fig, ax = plt.subplots(figsize=(7, 4))
         for shape in sorted({r["shape"] for r in ok}):
