@@ -91,8 +91,10 @@ def measure_decode(model, cfg, batch, ctx_len, gen_len, steps=None):
     if steps < 1:
         raise ValueError(f"gen_len must exceed the {warmup} warm-up steps, got {gen_len}")
     med, mean = decode_steps(model, cache, batch, steps, warmup=warmup)
-    row = {"method": "dense" if cfg is None else f"{cfg.k_method}{cfg.k_sparsity}/{cfg.v_method}{cfg.v_sparsity}",
-           "backend": "static-sdpa" if cfg is None else cfg.backend, "batch": batch, "context": ctx_len,
+    from mem_spd_test import _label
+
+    row = {"method": _label(cfg), "backend": "static-sdpa" if cfg is None else cfg.backend, "batch": batch,
+           "context": ctx_len,
            "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3, "decode_tok_s": batch / med,
            "kv_bytes_allocator": kv_bytes,
            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}

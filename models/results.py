@@ -35,7 +35,10 @@ def env_info() -> dict:
 def markdown_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.3g}") -> str:
     if not rows:
         return "(no rows)\n"
-    columns = columns or list(rows[0])
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
     def fmt(v):
         if isinstance(v, float):
             return floatfmt.format(v)
