@@ -30,16 +30,17 @@ def test_gpu_compressed_matches_simulated(name, dtype, methods):
                              output_scores=True, return_dict_in_generate=True, **cache_kwargs(model, cache))
         outs.append(out.sequences)
         scores.append(torch.stack(out.scores, 1).float())
-    # fp16/bf16 kernels sum in a different order than SDPA: compare logits with a tolerance and require that the
-    # greedy tokens agree wherever the top-2 margin is not within that tolerance
-    diff = (scores[0] - scores[1]).abs()
-    assert torch.allclose(scores[0], scores[1], atol=0.05, rtol=0.02), \
-        f"max |logit diff| {diff.max():.4f} at {tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])}, " \
-        f"logit scale {scores[0].abs().max():.2f}"
-    first = (outs[0] != outs[1]).float().argmax(1)
+    # fp16/bf16 kernels sum in a different order than SDPA, so a near-tie can flip a greedy token; after that the
+    # two continuations differ. Compare logits up to each row's first differing token; a flip is allowed only where
+    # the simulated top-2 margin is within the numerical tolerance.
+    tol = 0.02 if dtype == torch.float16 else 0.06
+    n_prompt = ids.shape[1]
     for b in range(ids.shape[0]):
-        if torch.equal(outs[0][b], outs[1][b]):
-            continue
-        t = int(first[b]) - ids.shape[1]
-        top2 = scores[0][b, t].topk(2).values
-        assert float(top2[0] - top2[1]) < 0.1, f"row {b} diverged at step {t} with a clear margin"
+        diff_at = (outs[0][b, n_prompt:] != outs[1][b, n_prompt:]).nonzero()
+        upto = int(diff_at[0]) if len(diff_at) else outs[0].shape[1] - n_prompt
+        a, c = scores[0][b, :upto + 1], scores[1][b, :upto + 1]
+        err = (a - c).abs().max()
+        assert err <= tol, f"row {b}: max |logit diff| {err:.4f} before/at step {upto} (logit scale {a.abs().max():.2f})"
+        if len(diff_at):
+            top2 = scores[0][b, upto].topk(2).values
+            assert float(top2[0] - top2[1]) <= 2 * tol, f"row {b} diverged at step {upto} with a clear margin"
