@@ -118,11 +118,17 @@ def prune_compress_topk(x: torch.Tensor, k: int, channel_weight: torch.Tensor | 
                 lambda tc: tc.prune_compress_topk_triton(x, k, channel_weight), torch_call)
 
 
-def compress_masked(x: torch.Tensor, keep: torch.Tensor, k: int | None = None, impl: str = "auto") -> Chunk:
-    """Compress x [B, H, n, D] where keep is set: fixed mode (k values per token) or variable mode (k None)."""
-    return _run("compress_masked", impl, x,
-                lambda tc: tc.compress_masked_triton(x, keep, k),
-                lambda: compress_reference(x, keep, k))
+def compress_masked(x: torch.Tensor, keep: torch.Tensor, k: int | None = None, impl: str = "auto",
+                    n_values: int | None = None) -> Chunk:
+    """Compress x [B, H, n, D] where keep is set: fixed mode (k values per token) or variable mode (k None).
+
+    n_values: the values every (batch, head) row keeps, when the caller knows it (the cache does): the Triton path
+    then skips validating the mask, which would need a device-to-host sync."""
+    if n_values is None:
+        triton_call = lambda tc: tc.compress_masked_triton(x, keep, k)  # noqa: E731
+    else:
+        triton_call = lambda tc: tc.compress_masked_triton(x, keep, k, n_values=n_values, check=False)  # noqa: E731
+    return _run("compress_masked", impl, x, triton_call, lambda: compress_reference(x, keep, k))
 
 
 def decompress(chunk: Chunk, head_dim: int, dtype: torch.dtype | None = None, impl: str = "auto") -> torch.Tensor:

@@ -500,7 +500,14 @@ class MustafarLayer(CacheLayerMixin):
         if method.granularity in ("token", "none"):
             return prune_compress_topk(x, method.kept_per_token(d, ctx), method.channel_weight(ctx))
         keep = method.keep_mask(x, ctx)
-        return compress_masked(x, keep, method.kept_per_token(d, ctx))
+        k = method.kept_per_token(d, ctx)
+        n = x.shape[2]
+        if k is not None:
+            n_values = n * k
+        else:  # channel-wise: every channel keeps g - round(s*g) tokens of each group of g
+            g = ctx.group_size
+            n_values = (n // g) * d * (g - pruned_count(g, ctx.sparsity, ctx.prune_rule))
+        return compress_masked(x, keep, k, n_values=n_values)
 
     def _count(self, side, kept, x):
         self.seen[side] += x.numel()
