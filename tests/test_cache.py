@@ -166,3 +166,16 @@ def test_unsupported_models_refused_before_work():
     from transformers import MistralConfig
     with pytest.raises(ValueError, match="sliding-window"):
         check_model_config(MistralConfig(sliding_window=4096))
+
+
+@pytest.mark.parametrize("backend", ["simulated", "compressed"])
+def test_beam_search_runs_and_matches_between_backends(backend):
+    model = tiny_model("llama_gqa_d128")
+    ids = torch.randint(0, 96, (2, 30))
+    outs = []
+    for be in ("simulated", backend):
+        factory = apply_mustafar(model, MustafarConfig(k_sparsity=0.5, v_sparsity=0.5, window=8, backend=be))
+        outs.append(model.generate(ids, max_new_tokens=10, num_beams=3, do_sample=False,
+                                   **cache_kwargs(model, factory())))
+    assert outs[0].shape == (2, 40)
+    assert torch.equal(outs[0], outs[1])
