@@ -13,7 +13,9 @@
 //   The channel order inside the contraction is permuted per lane (lane quad q owns a contiguous channel
 //   range), so a lane's fragment registers come from one bitmap word; the same permutation is applied to Q.
 //   Online softmax in the log2 domain; the 4 warps merge in shared memory; each block writes one partial
-//   (O, log-sum-exp); a small merge kernel combines the partials and writes out (and lse, natural log).
+//   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
+//   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
+//   merge kernel (same arithmetic, bitwise-equal results) is used only where no counter buffer can be had.
 //   bf16: P is split into hi + lo bf16 parts (two mmas) so P keeps ~16 bits of precision.
 #include "sparse_decode.cuh"
 
@@ -22,6 +24,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace mustafar {
 namespace {
@@ -60,6 +66,7 @@ struct KParams {
   float* lse;
   float* part_o;
   float* part_lse;
+  int* counters;      // [B*H] arrival counters (zero between launches), or nullptr: separate merge kernel
   const int32_t* comp_start;
   const int32_t* comp_end;
   const int32_t* win_start;
@@ -283,6 +290,109 @@ __device__ __forceinline__ int stage_side(const SideRT& sd, int tid, int t0, int
   }
   const int shift = (int)(a - a0) >> 1;
   return sd.mode == 2 ? (int)(v0 - shift) : shift;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Merge of one row's partials: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max).
+// Run by the separate merge kernel, or (default) by the last split block of the row to finish.
+// Partials are read with ld.global.cg: they were written by other blocks of the same launch.
+// ------------------------------------------------------------------------------------------------
+constexpr int kMergeThreads = 256;
+
+template <int D, bool BF16, int NT>
+__device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float* mw) {  // mw: [nsp][G] + 2G floats
+  const int G = p.G, nsp = p.nsplit + 1;
+  const int64_t row = (int64_t)(b * p.H + h) * nsp;
+  float* inv = mw + nsp * G;
+  float* lsev = inv + G;
+  // one warp per query head computes the split weights 2^(lse_s - max)
+  for (int g = threadIdx.x >> 5; g < G; g += NT / 32) {
+    const int ln = threadIdx.x & 31;
+    float M = -INFINITY;
+    for (int s2 = ln; s2 < nsp; s2 += 32) M = fmaxf(M, __ldcg(p.part_lse + (row + s2) * G + g));
+#pragma unroll
+    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0.f;
+    for (int s2 = ln; s2 < nsp; s2 += 32) {
+      const float w = M == -INFINITY ? 0.f : exp2f(__ldcg(p.part_lse + (row + s2) * G + g) - M);
+      mw[s2 * G + g] = w;
+      L += w;
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (ln == 0) {
+      inv[g] = L > 0.f ? 1.f / L : 0.f;
+      lsev[g] = L > 0.f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
+    }
+  }
+  __syncthreads();
+  // weighted sum: one float4 of channels per thread and split subset (parts threads share an output when there
+  // are fewer float4 outputs than threads); 8 loads in flight per thread (the sum is L2-latency-bound)
+  const int nvec = G * (D / 4);
+  // parts depends on kThreads, not NT: the fused and the separate merge sum in the same order (bitwise equal)
+  const int parts = nvec >= kThreads ? 1 : min(kThreads / nvec, 8);
+  float4* red = reinterpret_cast<float4*>(mw + ((nsp * G + 2 * G + 3) & ~3));  // 16-B aligned, (NT-1)... float4s
+  const float4* po4 = reinterpret_cast<const float4*>(p.part_o + row * G * D);
+  const int sstride = G * (D / 4);  // float4s per split
+  for (int base = 0; base < nvec * parts; base += NT) {
+    const int t = base + threadIdx.x;
+    const int v = t % nvec, part = t / nvec;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    const int g = (4 * v) / D;
+    if (part < parts) {
+      int s2 = part;
+      for (; s2 + 7 * parts < nsp; s2 += 8 * parts) {
+        float4 x[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) x[u] = __ldcg(po4 + (int64_t)(s2 + u * parts) * sstride + v);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const float w = mw[(s2 + u * parts) * G + g];
+          acc.x += w * x[u].x;
+          acc.y += w * x[u].y;
+          acc.z += w * x[u].z;
+          acc.w += w * x[u].w;
+        }
+      }
+      for (; s2 < nsp; s2 += parts) {
+        const float4 x = __ldcg(po4 + (int64_t)s2 * sstride + v);
+        const float w = mw[s2 * G + g];
+        acc.x += w * x.x;
+        acc.y += w * x.y;
+        acc.z += w * x.z;
+        acc.w += w * x.w;
+      }
+    }
+    if (parts > 1) {
+      if (part < parts && part > 0) red[(part - 1) * nvec + v] = acc;
+      __syncthreads();
+      if (part == 0) {
+        for (int q = 1; q < parts; ++q) {
+          const float4 y = red[(q - 1) * nvec + v];
+          acc.x += y.x;
+          acc.y += y.y;
+          acc.z += y.z;
+          acc.w += y.w;
+        }
+      }
+    }
+    if (part == 0 && v < nvec) {
+      const float iv = inv[g];
+      const int c = 4 * v - g * D;
+      char* dst = p.out + 2 * (b * p.o_sb + (int64_t)(h * G + g) * p.o_sh + c);
+      store_out<BF16>(dst, acc.x * iv);
+      store_out<BF16>(dst + 2, acc.y * iv);
+      store_out<BF16>(dst + 4, acc.z * iv);
+      store_out<BF16>(dst + 6, acc.w * iv);
+      if (p.lse && c == 0) p.lse[(int64_t)b * p.H * G + h * G + g] = lsev[g];
+    }
+  }
+}
+
+template <int D, bool BF16>
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_constant__ KParams p) {
+  extern __shared__ float mw[];
+  merge_row<D, BF16, kMergeThreads>(p, blockIdx.x, blockIdx.y, mw);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -708,57 +818,20 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
     p.part_o[pidx * D + c] = L > 0.f ? acc / L : 0.f;
     if (c == 0) p.part_lse[pidx] = L > 0.f ? M + log2f(L) : NEG_INF;
   }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Merge kernel: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max)
-// ------------------------------------------------------------------------------------------------
-constexpr int kMergeThreads = 256;
-
-template <int D, bool BF16>
-__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_constant__ KParams p) {
-  extern __shared__ float mw[];  // [nsp][G] weights, then [G] 1/sum and [G] lse
-  const int h = blockIdx.x, b = blockIdx.y, G = p.G, nsp = p.nsplit + 1;
-  const int64_t row = (int64_t)(b * p.H + h) * nsp;
-  float* inv = mw + nsp * G;
-  float* lsev = inv + G;
-  // one warp per query head computes the split weights 2^(lse_s - max)
-  for (int g = threadIdx.x >> 5; g < G; g += kMergeThreads / 32) {
-    const int ln = threadIdx.x & 31;
-    float M = -INFINITY;
-    for (int s2 = ln; s2 < nsp; s2 += 32) M = fmaxf(M, p.part_lse[(row + s2) * G + g]);
-#pragma unroll
-    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float L = 0.f;
-    for (int s2 = ln; s2 < nsp; s2 += 32) {
-      const float w = M == -INFINITY ? 0.f : exp2f(p.part_lse[(row + s2) * G + g] - M);
-      mw[s2 * G + g] = w;
-      L += w;
-    }
-#pragma unroll
-    for (int o = 16; o; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-    if (ln == 0) {
-      inv[g] = L > 0.f ? 1.f / L : 0.f;
-      lsev[g] = L > 0.f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
-    }
+  if (p.counters == nullptr) return;  // the merge kernel follows
+  // ---- last block of the row to finish merges the row (one launch; the counter is reset for the next) ----
+  __shared__ int s_last;
+  __threadfence();  // this block's partial is visible device-wide before it is counted
+  __syncthreads();
+  if (tid == 0) {
+    const int prev = atomicAdd(p.counters + (b * p.H + h), 1);
+    s_last = (prev == nsp - 1);
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kMergeThreads) {
-    const int g = idx / D, c = idx % D;
-    const float* po = p.part_o + (row * G + g) * D + c;
-    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
-    int s2 = 0;
-    for (; s2 + 4 <= nsp; s2 += 4) {
-      acc0 += mw[s2 * G + g] * po[(int64_t)s2 * G * D];
-      acc1 += mw[(s2 + 1) * G + g] * po[(int64_t)(s2 + 1) * G * D];
-      acc2 += mw[(s2 + 2) * G + g] * po[(int64_t)(s2 + 2) * G * D];
-      acc3 += mw[(s2 + 3) * G + g] * po[(int64_t)(s2 + 3) * G * D];
-    }
-    for (; s2 < nsp; ++s2) acc0 += mw[s2 * G + g] * po[(int64_t)s2 * G * D];
-    const float o = ((acc0 + acc1) + (acc2 + acc3)) * inv[g];
-    store_out<BF16>(p.out + 2 * (b * p.o_sb + (int64_t)(h * G + g) * p.o_sh + c), o);
-    if (p.lse && c == 0) p.lse[(int64_t)b * p.H * G + h * G + g] = lsev[g];
-  }
+  if (!s_last) return;
+  __threadfence();
+  if (tid == 0) p.counters[b * p.H + h] = 0;  // all nsp blocks of this row have arrived: safe to reset
+  merge_row<D, BF16, kThreads>(p, h, b, reinterpret_cast<float*>(smem));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -787,6 +860,44 @@ SplitFn pick_merge(int D, bool bf16) {
 }
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Per (device, stream) arrival counters for the fused merge. Zeroed once when (re)allocated; the kernel resets
+// each row's counter after use, so consecutive launches (and graph replays) on one stream need no memset.
+// Returns nullptr (separate merge kernel) where no buffer can be had: e.g. a larger one is needed while the
+// stream is being captured.
+int* row_counters(cudaStream_t stream, int64_t rows) {
+  struct Buf { int* ptr = nullptr; int64_t cap = 0; };
+  static std::mutex mu;
+  static std::map<std::pair<int, cudaStream_t>, Buf> bufs;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return nullptr;
+  std::lock_guard<std::mutex> lock(mu);
+  Buf& bf = bufs[std::make_pair(dev, stream)];
+  if (bf.cap >= rows) return bf.ptr;
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  int64_t cap = rows < 1024 ? 1024 : rows;
+  int* ptr = nullptr;
+  if (cudaMalloc(&ptr, cap * sizeof(int)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  if (cudaMemsetAsync(ptr, 0, cap * sizeof(int), stream) != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaFree(ptr);
+    return nullptr;
+  }
+  if (bf.ptr) {  // the old buffer may still be in use by queued work on this stream
+    cudaStreamSynchronize(stream);
+    cudaFree(bf.ptr);
+  }
+  bf.ptr = ptr;
+  bf.cap = cap;
+  return ptr;
+}
 
 int side_mode(const CompressedSide& s, int layout) {
   if (s.offsets) return 2;
@@ -982,12 +1093,23 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;
+  // merge shared memory: weights [nsp][G], 1/sum [G], lse [G], padded to 16 B, then the split-subset partial sums
+  const int merge_w = (((plan.num_splits + 1) * p.G + 2 * p.G + 3) & ~3) * 4;
+  const int merge_smem_fused = merge_w + kThreads * 16;
+  const int merge_smem = merge_w + kThreads * 16;
+  // fused merge (last block of a row) where its weights fit the split kernel's shared memory
+  static const bool env_separate = [] {  // MUSTAFAR_SEPARATE_MERGE=1: A/B switch for benchmarks
+    const char* v = std::getenv("MUSTAFAR_SEPARATE_MERGE");
+    return v && v[0] == '1';
+  }();
+  const bool separate = p.separate_merge || env_separate;
+  kp.counters = (merge_smem_fused <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
   dim3 grid(plan.num_splits + 1, p.H, p.B);
   fn<<<grid, kThreads, plan.smem_bytes, stream>>>(kp);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
+  if (kp.counters) return cudaSuccess;
   SplitFn mfn = pick_merge(D, bf16);
-  const int merge_smem = ((plan.num_splits + 1) * p.G + 2 * p.G) * 4;
   if (merge_smem > 48 * 1024) {
     e = cudaFuncSetAttribute(reinterpret_cast<const void*>(mfn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                              merge_smem);

@@ -51,6 +51,7 @@ struct DecodeParams {
   int num_stages = 0;               // 0: automatic (2..4 pipeline stages)
   int layout = 0;                   // 0/1: stage fixed-mode values as their exact image; 2: padded rows (k % 4 == 0)
   int gather = 0;                   // 0: predicated value gathers (default); 1: branch-free unconditional loads
+  int separate_merge = 0;           // 1: always use the separate merge kernel (default: last split block merges)
 };
 
 struct DecodePlan {
@@ -67,7 +68,8 @@ struct DecodePlan {
 // Returns cudaErrorInvalidValue with a message in *err (if given) for unsupported input.
 cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const char** err = nullptr);
 
-// Launches the split kernel and the merge kernel on `stream` (CUDA-graph capturable).
+// Launches the split kernel (whose last block per row merges the partials; a separate merge kernel only where
+// that cannot be used) on `stream` (CUDA-graph capturable).
 cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, cudaStream_t stream);
 
 }  // namespace mustafar
