@@ -276,3 +276,22 @@ def test_dispatch_logs_once_and_falls_back_with_warning(monkeypatch, caplog):
         dispatch.prune_compress_topk(x, 8)
     with pytest.raises(RuntimeError):
         dispatch.prune_compress_topk(x, 8, impl="triton")  # forced: no silent fallback
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+def test_topk_split_search_and_tuning(d, dtype):
+    # fp16/bf16 at D = 64/128 use the split-tile kernel; the general kernel (split=False), every tail / search
+    # variant and other block_t / num_warps must give the same bits (ties, zeros, -0.0, a partial last tile, strided input)
+    base = _tie_tensor(d, dtype, seed=d + 2)
+    x = torch.cat([base, base.flip(2)], 2)[:, :, :-1]
+    x[0, 1, 2] = -0.0
+    y = _randn((2, 13, 2, d), dtype, seed=21).transpose(1, 2)
+    for inp in (x, y):
+        for k in (1, kept_per_token(d, 0.7), d - 1):
+            ref = _reference(inp, k)
+            assert_same(prune_compress_topk_triton(inp, k, split=False), ref)
+            for tail, search, bt, nw in ((None, None, None, None), (0, 0, 16, 2), (1, 0, 4, 1), (2, 1, 32, 4),
+                                         (1, 1, 4, 1), (0, 1, 8, 2), (2, 0, 8, 1)):
+                got = prune_compress_topk_triton(inp, k, block_t=bt, num_warps=nw, tail=tail, search=search)
+                assert_same(got, ref)
