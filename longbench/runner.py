@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from longbench.data import JsonlError
+from longbench.data import JsonlError, parse_jsonl_text
 
 RECORD_FIELDS = ("pred", "answers", "all_classes", "length", "_id")
 
@@ -55,30 +55,19 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def read_raw_records(path: str) -> Tuple[List[Tuple[str, str]], bool]:
     """``[(key, raw_line_with_newline), ...]`` of a prediction file and whether a truncated last
-    line was dropped. Malformed complete lines raise :class:`JsonlError` (file + line)."""
+    line (a write cut by a kill: dropped, it is redone) was found. Malformed complete lines raise
+    :class:`JsonlError` (file + line)."""
     with open(path, "r", encoding="utf-8") as f:
         text = f.read()
+    records, truncated = parse_jsonl_text(text, path, allow_truncated_tail=True)
     lines = text.split("\n")
-    ends_nl = text.endswith("\n")
-    if ends_nl:
-        lines = lines[:-1]
     out: List[Tuple[str, str]] = []
-    truncated = False
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(lines) and not ends_nl:
-                truncated = True  # a write cut by a kill: drop it, it is redone
-                break
-            raise JsonlError(path, i, f"malformed JSON line ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict) or "pred" not in obj:
+    for i, obj in records:
+        if "pred" not in obj:
             raise JsonlError(path, i, "not a prediction record (needs a JSON object with 'pred')")
         if "_id" not in obj:
             raise JsonlError(path, i, "prediction record without '_id' cannot be resumed")
-        out.append((_norm_key(obj["_id"]), line + "\n"))
+        out.append((_norm_key(obj["_id"]), lines[i - 1] + "\n"))
     return out, truncated
 
 
