@@ -9,8 +9,10 @@ the current device's architecture (sm_80 and sm_90 when no device is visible).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shlex
 import shutil
 import threading
 
@@ -97,6 +99,9 @@ def load(verbose: bool = False):
 
             flags = gencode_flags()
             tag = "_".join(f.rsplit("_", 1)[-1] for f in flags)
+            extra = shlex.split(os.environ.get("MUSTAFAR_NVCC_EXTRA", ""))  # experiments, e.g. -DMUSTAFAR_MIN_BLOCKS=5
+            if extra:
+                tag += "_x" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
             name = f"{EXT_NAME}_{tag}"
             build_dir = os.path.join(cache_root(), name)
             os.makedirs(build_dir, exist_ok=True)
@@ -107,7 +112,7 @@ def load(verbose: bool = False):
                 name=name,
                 sources=SOURCES,
                 extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17", *flags],
+                extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17", *flags, *extra],
                 build_directory=build_dir,
                 verbose=verbose,
             )

@@ -398,8 +398,11 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 // ------------------------------------------------------------------------------------------------
 // Split kernel
 // ------------------------------------------------------------------------------------------------
-template <int D, bool BF16, bool GBIG, bool PRED>
-__global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __grid_constant__ KParams p) {
+#ifndef MUSTAFAR_MIN_BLOCKS
+#define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
+#endif
+template <int D, bool BF16, bool GBIG, bool PRED, bool FAST>
+__global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) split_kernel(const __grid_constant__ KParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int W = D / 32;
   constexpr int NKB = D / 16;  // k-blocks of S = Q K^T
@@ -520,8 +523,47 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
   int* info = reinterpret_cast<int*>(smem + p.info_off);
   unsigned short* table = reinterpret_cast<unsigned short*>(smem + p.table_off);
 
-  auto stage = [&](int j) {
-    unsigned char* sb = smem + (j % ns) * p.stage_bytes;
+  // Fast path (FAST kernels, compressed blocks): both sides fixed-k natural images with vector-copyable bitmap rows.
+  // Straight-line staging: one bitmap row per thread (side tid / 64, token tid % 64) and the value runs as 16-byte
+  // chunks with 32-bit offsets (the zero-filling cp.async form sizes the run's last chunk).
+  const bool fast = FAST && !is_win;
+  auto stage_fast = [&](int j, int slot) {
+    unsigned char* sb = smem + slot * p.stage_bytes;
+    const int t0 = tbeg + j * kTile;
+    const int nt = min(kTile, ntok - j * kTile);
+    {
+      const int x = tid >> 6, t = tid & (kTile - 1);
+      int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
+      if (t < nt) {
+        const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
+        if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
+        else cp_async8_full(sbm + t * W, src);
+      } else {
+#pragma unroll
+        for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+      }
+    }
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int k = sd[x].k;
+      const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
+      const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
+      const char* a0 = a - mis;
+      const int tot = 2 * nt * k + mis;
+      unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
+      for (int c = tid; 16 * c < tot; c += kThreads) {
+        const int rem = tot - 16 * c;
+        cp_async16(sv + 16 * c, a0 + 16 * c, rem < 16 ? rem : 16);
+      }
+      if (tid == 0) info[slot * 2 + x] = mis >> 1;
+    }
+  };
+  auto stage = [&](int j, int slot) {
+    if (fast) {
+      stage_fast(j, slot);
+      return;
+    }
+    unsigned char* sb = smem + slot * p.stage_bytes;
     const int t0 = tbeg + j * tile_n;
     const int nt = min(tile_n, ntok - j * tile_n);
 #pragma unroll
@@ -537,7 +579,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
       const int inf = stage_side<D>(sd[x], tid, t0, nt, tile_n, sb + p.vals_off[x],
                                     reinterpret_cast<int32_t*>(sb + p.bm_off[x]),
                                     reinterpret_cast<int32_t*>(sb + p.offs_off[x]), v0, v1);
-      if (tid == 0) info[(j % ns) * 2 + x] = inf;
+      if (tid == 0) info[slot * 2 + x] = inf;
     }
   };
 
@@ -550,19 +592,20 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
     for (int e = 0; e < (GBIG ? 4 : 2); ++e) oacc[nb][e] = 0.f;
 
   for (int j = 0; j < ns - 1; ++j) {
-    if (j < ntiles) stage(j);
+    if (j < ntiles) stage(j, j);
     cp_async_commit();
   }
 
-  for (int it = 0; it < ntiles; ++it) {
+  int rslot = 0;  // stage slot of tile it (it % ns, without the division)
+  for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
     cp_async_wait_stages(ns);
     __syncthreads();
-    if (it + ns - 1 < ntiles) stage(it + ns - 1);
+    if (it + ns - 1 < ntiles) stage(it + ns - 1, rslot == 0 ? ns - 1 : rslot - 1);
     cp_async_commit();
 
     const int nt = min(tile_n, ntok - it * tile_n);
     if (16 * warp >= nt) continue;  // warp-uniform
-    const unsigned char* sb = smem + (it % ns) * p.stage_bytes;
+    const unsigned char* sb = smem + rslot * p.stage_bytes;
     const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
     const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
 
@@ -570,12 +613,17 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
     {
       const int side = lane >> 4, xl = lane & 15, tl = 16 * warp + xl;
       const int32_t* bmw = side ? sbmV : sbmK;
-      const int mode = side ? sd[1].mode : sd[0].mode;
       const int kst = side ? sd[1].kst : sd[0].kst;
       const int capH = side ? sd[1].capH : sd[0].capH;
-      const int inf = info[(it % ns) * 2 + side];
-      const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
-      int base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
+      const int inf = info[rslot * 2 + side];
+      int base;
+      if (fast) {
+        base = tl * kst + inf;
+      } else {
+        const int mode = side ? sd[1].mode : sd[0].mode;
+        const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
+        base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
+      }
       uint32_t e[8];
       if constexpr (D == 128) {
         const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
@@ -840,18 +888,37 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : 4) split_kernel(const __g
 using SplitFn = void (*)(KParams);
 
 template <int D, bool BF16, bool GBIG>
-SplitFn split_fn(bool pred) {
-  return pred ? split_kernel<D, BF16, GBIG, true> : split_kernel<D, BF16, GBIG, false>;
+SplitFn split_fn(bool pred, bool fast) {
+  if (fast) return split_kernel<D, BF16, GBIG, true, true>;  // the fast path exists for the default gather only
+  return pred ? split_kernel<D, BF16, GBIG, true, false> : split_kernel<D, BF16, GBIG, false, false>;
 }
 
-SplitFn pick_split(int D, bool bf16, bool gbig, int gather) {
+SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast) {
   const bool pred = gather == 0;
+  fast = fast && pred;
   if (D == 128) {
-    if (bf16) return gbig ? split_fn<128, true, true>(pred) : split_fn<128, true, false>(pred);
-    return gbig ? split_fn<128, false, true>(pred) : split_fn<128, false, false>(pred);
+    if (bf16) return gbig ? split_fn<128, true, true>(pred, fast) : split_fn<128, true, false>(pred, fast);
+    return gbig ? split_fn<128, false, true>(pred, fast) : split_fn<128, false, false>(pred, fast);
   }
-  if (bf16) return gbig ? split_fn<64, true, true>(pred) : split_fn<64, true, false>(pred);
-  return gbig ? split_fn<64, false, true>(pred) : split_fn<64, false, false>(pred);
+  if (bf16) return gbig ? split_fn<64, true, true>(pred, fast) : split_fn<64, true, false>(pred, fast);
+  return gbig ? split_fn<64, false, true>(pred, fast) : split_fn<64, false, false>(pred, fast);
+}
+
+// Bitmap rows of a side can be staged with one (D/8)-byte cp.async per token.
+bool bitmap_vec(const CompressedSide& s, int W) {
+  return (reinterpret_cast<uintptr_t>(s.bitmap) % (4 * W) == 0) && s.bm_sb % W == 0 && s.bm_sh % W == 0 &&
+         s.bm_st % W == 0;
+}
+
+// The fast staging path: both sides fixed-k natural images with vector-copyable bitmaps (the cache's layout).
+// MUSTAFAR_NO_FAST=1 turns it off (A/B switch for benchmarks; same results).
+bool use_fast(const DecodeParams& p, int k_mode, int v_mode) {
+  static const bool off = [] {
+    const char* v = std::getenv("MUSTAFAR_NO_FAST");
+    return v && v[0] == '1';
+  }();
+  const int W = p.D / 32;
+  return !off && k_mode == 0 && v_mode == 0 && bitmap_vec(p.k, W) && bitmap_vec(p.v, W);
 }
 
 SplitFn pick_merge(int D, bool bf16) {
@@ -975,7 +1042,7 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
 
   // split count: fill the SMs with as few waves as possible
-  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather);
+  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, use_fast(p, plan->k_mode, plan->v_mode));
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan->smem_bytes);
   if (e != cudaSuccess) return e;
@@ -1059,8 +1126,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     a.off_st = s.off_st;
     a.mode = modes[x];
     a.k = s.offsets ? D : s.k;
-    a.bm_vec = (reinterpret_cast<uintptr_t>(s.bitmap) % (4 * W) == 0) && s.bm_sb % W == 0 && s.bm_sh % W == 0 &&
-               s.bm_st % W == 0;
+    a.bm_vec = bitmap_vec(s, W);
     caps[x] = side_cap_halves(modes[x], s.k, D);
     a.capH = caps[x];
   }
@@ -1089,7 +1155,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
-  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather);
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, use_fast(p, plan.k_mode, plan.v_mode));
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;
