@@ -87,33 +87,39 @@ def run_compress(args, gpu, meta, model=None):
     dev = "cuda" if gpu else "cpu"
     dtype = getattr(torch, args.dtype)
     b, h, l, d = (32, 8, 8192, 128) if gpu else (2, 2, 512, 64)
+    auto = compress_impl(dev, dtype, d)
+    impls = [auto]
+    if gpu:  # the CUDA and the Triton kernel in the same run where both exist (what "auto" picks is marked)
+        impls = [i for i, ok in (("cuda", auto == "cuda"), ("triton", compress_impl(dev) == "triton")) if ok] or impls
     rows = []
     for s in args.sparsity_list:
         k = kept_per_token(d, s)
         x = [torch.randn(b, h, l, d, device=dev, dtype=dtype) for _ in range(2)]
-        for _ in range(2):
-            prune_compress_topk(x[0], k)
-        if gpu:
-            torch.cuda.synchronize()
-            st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            ts = []
-            for _ in range(10):
-                st.record()
-                prune_compress_topk(x[0], k)
-                prune_compress_topk(x[1], k)
-                en.record()
+        for impl in impls:
+            for _ in range(2):
+                prune_compress_topk(x[0], k, impl=impl)
+            if gpu:
                 torch.cuda.synchronize()
-                ts.append(st.elapsed_time(en))
-            ms = sorted(ts)[len(ts) // 2]
-        else:
-            import time
-            t0 = time.perf_counter()
-            prune_compress_topk(x[0], k)
-            prune_compress_topk(x[1], k)
-            ms = (time.perf_counter() - t0) * 1e3
-        dense_bytes = 2 * x[0].numel() * x[0].element_size()
-        rows.append({"what": f"prune+compress K and V, B={b} H={h} L={l} D={d}", "sparsity": s, "impl": compress_impl(dev),
-                     "ms": ms, "dense_GB_per_s_in": dense_bytes / ms / 1e6})
+                st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                ts = []
+                for _ in range(20):
+                    st.record()
+                    prune_compress_topk(x[0], k, impl=impl)
+                    prune_compress_topk(x[1], k, impl=impl)
+                    en.record()
+                    torch.cuda.synchronize()
+                    ts.append(st.elapsed_time(en))
+                ms = sorted(ts)[len(ts) // 2]
+            else:
+                import time
+                t0 = time.perf_counter()
+                prune_compress_topk(x[0], k, impl=impl)
+                prune_compress_topk(x[1], k, impl=impl)
+                ms = (time.perf_counter() - t0) * 1e3
+            dense_bytes = 2 * x[0].numel() * x[0].element_size()
+            rows.append({"what": f"prune+compress K and V, B={b} H={h} L={l} D={d}", "sparsity": s, "k": k,
+                         "impl": impl + (" (auto)" if impl == auto and len(impls) > 1 else ""), "ms": ms,
+                         "ms_per_side": ms / 2, "dense_GB_per_s_in": dense_bytes / ms / 1e6})
     if model is not None:
         plen = args.ttft_len or (8192 if gpu else 256)
         dense = time_to_first_token(model, None, plen)

@@ -19,7 +19,8 @@ import threading
 log = logging.getLogger("mustafar")
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(CSRC, "binding.cpp"), os.path.join(CSRC, "sparse_decode.cu")]
+SOURCES = [os.path.join(CSRC, f) for f in ("binding.cpp", "sparse_decode.cu", "compress_binding.cpp",
+                                               "compress_topk.cu")]
 EXT_NAME = "mustafar_sparse_decode"
 
 _lock = threading.Lock()

@@ -246,7 +246,9 @@ def test_dispatch_auto_uses_triton_and_matches_torch(monkeypatch):
     assert_same(dispatch.compress_masked(x, keep), dispatch.compress_masked(x, keep, impl="torch"))
     assert torch.equal(dispatch.decompress(auto, 64), dispatch.decompress(auto, 64, impl="torch"))
     with pytest.raises(ValueError):
-        dispatch.prune_compress_topk(x, 20, impl="cuda")
+        dispatch.prune_compress_topk(x, 20, impl="nope")
+    with pytest.raises(ValueError):
+        dispatch.prune_compress_topk(x, 20, cw, impl="cuda")  # the CUDA kernel takes no channel weights
 
 
 def test_dispatch_logs_once_and_falls_back_with_warning(monkeypatch, caplog):
@@ -255,7 +257,7 @@ def test_dispatch_logs_once_and_falls_back_with_warning(monkeypatch, caplog):
 
     import kernel.triton_compress as tc
 
-    monkeypatch.delenv("MUSTAFAR_COMPRESS_IMPL", raising=False)
+    monkeypatch.setenv("MUSTAFAR_COMPRESS_IMPL", "triton")  # on a GPU, "auto" would take the CUDA kernel here
     x = _randn((1, 1, 4, 64), torch.float16, seed=19)
     monkeypatch.setattr(dispatch, "_logged", set())
     monkeypatch.setattr(dispatch, "_warned", set())

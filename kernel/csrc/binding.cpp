@@ -209,7 +209,10 @@ std::vector<int64_t> plan_info(const Tensor& q, const Tensor& k_bitmap, int64_t 
 
 }  // namespace
 
+void register_compress(pybind11::module& m);  // compress_binding.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_compress(m);
   m.def("sparse_decode_attention", &sparse_decode_attention, "Sparse (bitmap) decode attention, fp16/bf16",
         py::arg("q"), py::arg("k_bitmap"), py::arg("k_values"), py::arg("k_offsets"), py::arg("k_k"),
         py::arg("v_bitmap"), py::arg("v_values"), py::arg("v_offsets"), py::arg("v_k"), py::arg("k_win"),
