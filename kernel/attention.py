@@ -85,11 +85,93 @@ def sparse_decode_attention(q, k_chunk: Chunk, v_chunk: Chunk, k_win, v_win, n_w
     return (out, lse) if return_lse else out
 
 
+def check_cuda_args(q, k_chunk: Chunk, v_chunk: Chunk, k_win, v_win, n_win, comp_start=None, comp_end=None,
+                    win_start=None, out=None, lse=None, need_cuda: bool = True) -> None:
+    """The CUDA binding's input checks, done in Python first (ValueError naming the argument).
+
+    The binding checks the same things, but a C++ exception leaving a JIT-built extension has been seen to abort
+    the process instead of raising on some images; checking here keeps bad input a Python error. Metadata only:
+    no device sync."""
+    def bad(msg):
+        raise ValueError(f"sparse decode attention: {msg}")
+
+    if need_cuda and not q.is_cuda:
+        bad("q must be a CUDA tensor")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        bad(f"q must be float16 or bfloat16, got {q.dtype}")
+    if q.dim() != 3 or q.stride(-1) != 1:
+        bad(f"q must have shape [B, Hq, D] with a contiguous last dim, got {tuple(q.shape)}")
+    b, hq, d = q.shape
+    if d not in (64, 128):
+        bad(f"head_dim must be 64 or 128, got {d}")
+    kb = k_chunk.bitmap
+    if kb.dim() != 4:
+        bad(f"k bitmap must have shape [B, H, T, D/32], got {tuple(kb.shape)}")
+    h, t = kb.shape[1], kb.shape[2]
+    if h <= 0 or hq % h or hq // h > 16:
+        bad(f"query heads ({hq}) must be a multiple of KV heads ({h}), at most 16 per KV head")
+
+    def same_dev(x, name):
+        if x.device != q.device:
+            bad(f"{name} is on {x.device} but q is on {q.device}")
+
+    for side, ch in (("k", k_chunk), ("v", v_chunk)):
+        bm, vals, offs = ch.bitmap, ch.values, ch.offsets
+        same_dev(bm, f"{side} bitmap")
+        same_dev(vals, f"{side} values")
+        if bm.dtype != torch.int32:
+            bad(f"{side} bitmap must be int32, got {bm.dtype}")
+        if tuple(bm.shape) != (b, h, t, d // 32):
+            bad(f"{side} bitmap must have shape [B, H, T, D/32] = {[b, h, t, d // 32]}, got {tuple(bm.shape)}")
+        if bm.shape[3] > 1 and bm.stride(3) != 1:
+            bad(f"{side} bitmap word dim must be contiguous")
+        if vals.dtype != q.dtype:
+            bad(f"{side} values dtype {vals.dtype} differs from q dtype {q.dtype}")
+        if vals.dim() != 3 or vals.shape[0] != b or vals.shape[1] != h:
+            bad(f"{side} values must have shape [B, H, n_values] with B={b}, H={h}, got {tuple(vals.shape)}")
+        if vals.shape[2] > 1 and vals.stride(2) != 1:
+            bad(f"{side} values last dim must be contiguous")
+        if offs is not None:
+            same_dev(offs, f"{side} offsets")
+            if offs.dtype != torch.int32 or tuple(offs.shape) != (b, h, t):
+                bad(f"{side} offsets must be int32 [B, H, T] = {[b, h, t]}, got {offs.dtype} {tuple(offs.shape)}")
+        else:
+            k = int(ch.k or 0)
+            if not 1 <= k <= d:
+                bad(f"{side} fixed-mode k must be in 1..{d}, got {k}")
+            if vals.shape[2] < t * k:
+                bad(f"{side} values hold {vals.shape[2]} entries, fixed mode needs T*k = {t * k}")
+    for name, w in (("k_win", k_win), ("v_win", v_win)):
+        same_dev(w, name)
+        if w.dtype != q.dtype:
+            bad(f"{name} dtype {w.dtype} differs from q dtype {q.dtype}")
+        if w.dim() != 4 or w.shape[0] != b or w.shape[1] != h or w.shape[3] != d:
+            bad(f"{name} must have shape [B, H, Wcap, D] with B={b}, H={h}, D={d}, got {tuple(w.shape)}")
+    if k_win.shape[2] != v_win.shape[2]:
+        bad("k_win and v_win hold different token counts")
+    if not 0 <= int(n_win) <= k_win.shape[2]:
+        bad(f"n_win ({int(n_win)}) must be in 0..Wcap ({k_win.shape[2]})")
+    for name, x in (("comp_start", comp_start), ("comp_end", comp_end), ("win_start", win_start)):
+        if x is not None:
+            same_dev(x, name)
+            if x.dim() != 1 or x.shape[0] != b or x.dtype not in (torch.int32, torch.int64):
+                bad(f"{name} must be an int32/int64 tensor of shape [B] = [{b}], got {x.dtype} {tuple(x.shape)}")
+    if out is not None:
+        same_dev(out, "out")
+        if out.dtype != q.dtype or tuple(out.shape) != (b, hq, d) or out.stride(-1) != 1:
+            bad(f"out must be a {q.dtype} tensor of shape {[b, hq, d]} with a contiguous last dim")
+    if lse is not None:
+        same_dev(lse, "lse")
+        if lse.dtype != torch.float32 or tuple(lse.shape) != (b, hq) or not lse.is_contiguous():
+            bad(f"lse must be a contiguous float32 tensor of shape {[b, hq]}")
+
+
 def _cuda_attention(q, k_chunk, v_chunk, k_win, v_win, n_win, scale, comp_start=None, comp_end=None,
                     win_start=None, return_lse=False, num_splits: int = 0, num_stages: int = 0, layout: int = 0,
                     gather: int = 0, out=None, lse=None):
     """Direct call of the CUDA kernel (num_splits / num_stages: 0 = automatic; out / lse: optional preallocated
     outputs; exposed for benchmarks and tests)."""
+    check_cuda_args(q, k_chunk, v_chunk, k_win, v_win, n_win, comp_start, comp_end, win_start, out, lse)
     mod = cuda_ext.load()
     res = mod.sparse_decode_attention(
         q, k_chunk.bitmap, k_chunk.values, k_chunk.offsets, int(k_chunk.k or 0),

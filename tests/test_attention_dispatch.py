@@ -114,3 +114,54 @@ def test_dispatch_names_and_logging(caplog):
             sparse_decode_attention(inp["q"], inp["k_chunk"], inp["v_chunk"], inp["k_win"], inp["v_win"], 2, 1.0)
     msgs = [r.getMessage() for r in caplog.records if "PyTorch path" in r.getMessage()]
     assert len(msgs) == 1  # logged once
+
+
+def _args(inp, **over):
+    a = dict(q=inp["q"], k_chunk=inp["k_chunk"], v_chunk=inp["v_chunk"], k_win=inp["k_win"], v_win=inp["v_win"],
+             n_win=inp["n_win"], comp_start=inp["comp_start"], comp_end=inp["comp_end"], win_start=inp["win_start"])
+    a.update(over)
+    return a
+
+
+@pytest.mark.parametrize("idx", [0, 1, 3, 5])
+def test_cuda_arg_check_accepts_valid_inputs(idx):
+    from kernel.attention import check_cuda_args
+
+    B, Hq, H, D, T, k, mode, v_mode, ragged, views, misalign, n_win, dtype = CASES[idx]
+    inp = make_inputs(B, Hq, H, D, T, k, mode=mode, v_mode=v_mode, dtype=dtype, device="cpu", n_win=n_win,
+                      ragged=ragged, views=views, misalign=misalign, seed=7)
+    check_cuda_args(**_args(inp), need_cuda=False)
+    with pytest.raises(ValueError, match="q must be a CUDA tensor"):
+        check_cuda_args(**_args(inp))
+
+
+def test_cuda_arg_check_names_bad_inputs():
+    """Bad input must be a Python ValueError naming the argument before the extension is called (a C++ exception
+    leaving the JIT extension aborted the process on one GPU image)."""
+    from kernel.attention import check_cuda_args
+    from kernel.format import Chunk
+
+    inp = make_inputs(2, 8, 2, 128, 37, 39, dtype=torch.float16, device="cpu", n_win=5, seed=3)
+    kc, vc = inp["k_chunk"], inp["v_chunk"]
+    bad = {
+        "q must be float16": dict(q=inp["q"].float()),
+        "head_dim must be 64 or 128": dict(q=inp["q"][..., :96]),
+        "multiple of KV heads": dict(q=inp["q"][:, :7]),
+        "k bitmap must be int32": dict(k_chunk=Chunk(kc.bitmap.long(), kc.values, None, kc.k)),
+        "v bitmap must have shape": dict(v_chunk=Chunk(vc.bitmap[:, :, :-1], vc.values, None, vc.k)),
+        "k values dtype": dict(k_chunk=Chunk(kc.bitmap, kc.values.float(), None, kc.k)),
+        "v values hold": dict(v_chunk=Chunk(vc.bitmap, vc.values[..., :-1], None, vc.k)),
+        "fixed-mode k must be in": dict(k_chunk=Chunk(kc.bitmap, kc.values, None, 0)),
+        "k offsets must be int32": dict(k_chunk=Chunk(kc.bitmap, kc.values, torch.zeros(2, 2, 37), None)),
+        "v_win must have shape": dict(v_win=inp["v_win"][:, :1]),
+        "different token counts": dict(v_win=inp["v_win"][:, :, :-1]),
+        r"n_win \(9\) must be in": dict(n_win=9),
+        "comp_start must be": dict(comp_start=torch.zeros(3, dtype=torch.int32)),
+        "win_start must be": dict(win_start=torch.zeros(2, dtype=torch.float32)),
+        "out must be": dict(out=torch.empty(2, 8, 64, dtype=torch.float16)),
+        "lse must be": dict(lse=torch.empty(2, 8, dtype=torch.float16)),
+    }
+    for msg, over in bad.items():
+        extra = {k: over.pop(k) for k in ("out", "lse") if k in over}
+        with pytest.raises(ValueError, match=msg):
+            check_cuda_args(**_args(inp, **over), **extra, need_cuda=False)
