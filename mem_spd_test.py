@@ -141,8 +141,11 @@ def _label(cfg):
 
 
 def run_e2e(args, gpu, meta, model):
-    from models.bench_e2e import max_batch_in_budget, measure_decode
+    from models.bench_e2e import gpu_warmup, max_batch_in_budget, measure_decode
     from models.cache import MustafarConfig
+
+    if gpu:
+        gpu_warmup("cuda")
 
     batches = ints(args.batch_sizes) or ([1, 8, 16] if gpu else [1, 2])
     lens = ints(args.prompt_lens) or ([4096, 16384] if gpu else [256])
@@ -158,7 +161,7 @@ def run_e2e(args, gpu, meta, model):
                              for s in args.sparsity_list]
     for l in lens:
         for b in batches:
-            dense_tps = None
+            dense_tps = dense_gpu = None
             for cfg in cfgs:
                 gc.collect()
                 try:
@@ -172,8 +175,13 @@ def run_e2e(args, gpu, meta, model):
                     torch.cuda.empty_cache()
                 if cfg is None or cfg.k_method == "none":
                     dense_tps = max(dense_tps or 0, r.get("decode_tok_s") or 0) or None
-                elif dense_tps and r.get("decode_tok_s"):
-                    r["speedup_vs_dense"] = r["decode_tok_s"] / dense_tps
+                    if r.get("gpu_ms_per_step"):
+                        dense_gpu = min(dense_gpu or float("inf"), r["gpu_ms_per_step"])
+                else:
+                    if dense_tps and r.get("decode_tok_s"):
+                        r["speedup_vs_dense"] = r["decode_tok_s"] / dense_tps
+                    if dense_gpu and r.get("gpu_ms_per_step"):
+                        r["gpu_time_speedup_vs_dense"] = dense_gpu / r["gpu_ms_per_step"]
                 rows.append(r)
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     if args.mem_budget_gb and gpu:
@@ -271,6 +279,7 @@ def main(argv=None):
     if args.mode in ("e2e", "all"):
         e2e_rows, mem_rows = run_e2e(args, gpu, meta, model)
         cols = ["method", "backend", "batch", "context", "step_ms_median", "decode_tok_s", "speedup_vs_dense",
+                "gpu_ms_per_step", "gpu_time_speedup_vs_dense",
                 "kv_bytes_allocator", "kv_bytes_stored", "peak_bytes", "k_sparsity_achieved", "error"]
         write_results(args.out_dir, f"e2e{tag}", e2e_rows, meta, columns=cols, title="End-to-end decode, equal batch")
         print(markdown_table(e2e_rows, cols))

@@ -78,6 +78,49 @@ def decode_steps(model, cache, batch: int, steps: int, warmup: int = 2, seed: in
     return times[len(times) // 2], sum(times) / len(times)
 
 
+def gpu_warmup(device, seconds: float = 3.0) -> None:
+    """Keep the GPU busy for `seconds` (fp16 matmuls) so timing starts at working clocks: the first timings on a
+    freshly started machine ran at idle clocks (seen: 345 MHz at start, a 5x slower dense kernel)."""
+    if torch.device(device).type != "cuda":
+        return
+    x = torch.randn(4096, 4096, device=device, dtype=torch.float16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            x = (x @ x).clamp_(-1, 1)
+        _sync(device)
+    del x
+
+
+def gpu_ms_per_step(model, cache, batch: int, steps: int = 4, seed: int = 1):
+    """Summed device time of the kernels of one decode step (ms, mean over `steps`), from torch.profiler.
+
+    Eager decode steps are host-bound (tens of small launches per layer), so the wall time per step mostly measures
+    the CPU; this is what the GPU itself spends, the part the kernels can change. None on CPU or if the profiler
+    gives no device events."""
+    p = next(model.parameters())
+    device = p.device
+    if device.type != "cuda" or steps < 1:
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    kw = cache_kwargs(model, cache)
+    with torch.inference_mode():
+        ids = [torch.randint(0, model.config.vocab_size, (batch, 1), generator=g, device=device) for _ in range(steps)]
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for x in ids:
+                model(input_ids=x, use_cache=True, logits_to_keep=1, **kw)
+            _sync(device)
+    total_us = 0.0
+    for e in prof.events():
+        if getattr(e, "device_type", None) == DeviceType.CUDA:
+            total_us += e.time_range.elapsed_us()
+    return total_us / 1e3 / steps if total_us > 0 else None
+
+
 def measure_decode(model, cfg, batch, ctx_len, gen_len, steps=None):
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -87,15 +130,22 @@ def measure_decode(model, cfg, batch, ctx_len, gen_len, steps=None):
     cache = fill_cache(model, cfg, batch, ctx_len, gen_len)
     kv_bytes = _mem(device) - m0
     warmup = 2
-    steps = min(steps or 32, gen_len - warmup)  # the StaticCache holds ctx_len + gen_len tokens
+    prof_steps = 4 if device.type == "cuda" else 0
+    steps = min(steps or 32, gen_len - warmup - prof_steps)  # the StaticCache holds ctx_len + gen_len tokens
     if steps < 1:
-        raise ValueError(f"gen_len must exceed the {warmup} warm-up steps, got {gen_len}")
+        raise ValueError(f"gen_len must exceed the {warmup + prof_steps} warm-up / profiled steps, got {gen_len}")
     med, mean = decode_steps(model, cache, batch, steps, warmup=warmup)
+    try:
+        gpu_ms = gpu_ms_per_step(model, cache, batch, prof_steps)
+    except Exception as exc:  # the profiler is optional: the timing above stands without it
+        print(f"gpu_ms_per_step: profiler failed ({type(exc).__name__}: {exc})", flush=True)
+        gpu_ms = None
     from mem_spd_test import _label
 
     row = {"method": _label(cfg), "backend": "static-sdpa" if cfg is None else cfg.backend, "batch": batch,
            "context": ctx_len,
            "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3, "decode_tok_s": batch / med,
+           "gpu_ms_per_step": gpu_ms,
            "kv_bytes_allocator": kv_bytes,
            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
     if cfg is not None:
