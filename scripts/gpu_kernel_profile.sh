@@ -7,7 +7,7 @@ OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 python -c "from kernel import cuda_ext; cuda_ext.load(); print('built')" || exit 1
 SO=$(ls $MUSTAFAR_CACHE/torch_ext/*/*.so | head -1)
-cuobjdump -sass -fun split_kernel $SO > $OUT/sass_split.txt 2>/dev/null || cuobjdump -sass $SO > $OUT/sass_split.txt
+cuobjdump -sass $SO | gzip > $OUT/sass_all.txt.gz  # every kernel of the extension
 python -m kernel.bench_attention --sass "$SO" | head -60
 ncu --kernel-name regex:split_kernel --launch-skip 2 --launch-count 1 --set full --import-source no \
     -o $OUT/prof -f python -m kernel.bench_attention --profile-case > $OUT/ncu_run.log 2>&1
