@@ -53,6 +53,22 @@ def _store_bitmap(bitmap_ptr, row_base, offs_t, t_mask, keep, offs_c,
 
 
 @triton.jit
+def _admit(key, thr, need, prefix, valid):
+    """Keep every key > thr and the first `need` keys == thr in channel order; dest = the value's index in the
+    token's run. prefix: packed (gt | eq << 16) counts of channels before this piece (0 for a whole row);
+    returns (keep, dest, prefix for the next piece)."""
+    gt = key > thr[:, None]
+    eq = key == thr[:, None]
+    packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)
+    before = tl.cumsum(packed, 1) - packed + prefix[:, None]
+    gt_before = before & 0xFFFF
+    eq_before = before >> 16
+    keep = (gt | (eq & (eq_before < need[:, None]))) & valid
+    dest = gt_before + tl.minimum(eq_before, need[:, None])
+    return keep, dest, prefix + tl.sum(packed, 1)
+
+
+@triton.jit
 def _store_values(row_ptr, dest, x, keep, NUM: tl.constexpr):
     # Flattened to 1-D so the store gets one element per lane along channels: the kept values of a token land in
     # a few contiguous sectors per warp instruction. (Left 2-D, Triton laid the scatter out token-major across
@@ -128,15 +144,8 @@ def _prune_compress_topk_kernel(
                 thr = tl.where(cnt >= k, cand, thr)
 
         # ---- keep all keys > thr, then ties at thr in channel order; one packed scan gives both prefixes ----
-        gt = key > thr[:, None]
-        eq = key == thr[:, None]
-        need = k - tl.sum(gt.to(tl.int32), 1)
-        packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)
-        before = tl.cumsum(packed, 1) - packed
-        gt_before = before & 0xFFFF
-        eq_before = before >> 16
-        keep = (gt | (eq & (eq_before < need[:, None]))) & mask
-        dest = gt_before + tl.minimum(eq_before, need[:, None])
+        need = k - tl.sum((key > thr[:, None]).to(tl.int32), 1)
+        keep, dest, _ = _admit(key, thr, need, tl.zeros_like(need), mask)
 
     row = pid_bh.to(tl.int64)
     _store_bitmap(bitmap_ptr, row * n * W, offs_t, t_mask, keep, offs_c, W, BLOCK_T, BLOCK_W)
@@ -185,21 +194,15 @@ def _piece_tail(bitmap_ptr, bm_base, vrow_ptr, offs_t, t_mask, xp, key, thr, nee
                 j: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr, FLAT: tl.constexpr):
     # bitmap word j and the kept values of piece j; prefix: packed (gt | eq << 16) counts of pieces < j
     offs = tl.arange(0, 32)
-    gt = key > thr[:, None]
-    eq = key == thr[:, None]
-    packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)
-    before = tl.cumsum(packed, 1) - packed + prefix[:, None]
-    gt_before = before & 0xFFFF
-    eq_before = before >> 16
-    keep = (gt | (eq & (eq_before < need[:, None]))) & t_mask[:, None]
-    dest = offs_t[:, None] * k + gt_before + tl.minimum(eq_before, need[:, None])
+    keep, dest, nxt = _admit(key, thr, need, prefix, t_mask[:, None])
+    dest = offs_t[:, None] * k + dest
     word = tl.sum(keep.to(tl.int32) << offs[None, :], 1)
     tl.store(bitmap_ptr + bm_base + offs_t * W + j, word, mask=t_mask)
     if FLAT:
         _store_values(vrow_ptr, dest, xp, keep, BLOCK_T * 32)
     else:
         tl.store(vrow_ptr + dest, xp, mask=keep)
-    return prefix + tl.sum(packed, 1)
+    return nxt
 
 
 @triton.jit
@@ -281,15 +284,8 @@ def _prune_compress_topk16_kernel(
         mask = t_mask[:, None] & (offs_c < D)[None, :]
         x = tl.load(x_ptr + x_base + offs_t[:, None].to(tl.int64) * sx_n + offs_c[None, :], mask=mask, other=0.0)
         key = _key15(x)
-        gt = key > thr[:, None]
-        eq = key == thr[:, None]
-        need = k - tl.sum(gt.to(tl.int32), 1)
-        packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)
-        before = tl.cumsum(packed, 1) - packed
-        gt_before = before & 0xFFFF
-        eq_before = before >> 16
-        keep = (gt | (eq & (eq_before < need[:, None]))) & mask
-        dest = gt_before + tl.minimum(eq_before, need[:, None])
+        need = k - tl.sum((key > thr[:, None]).to(tl.int32), 1)
+        keep, dest, _ = _admit(key, thr, need, tl.zeros_like(need), mask)
         _store_bitmap(bitmap_ptr, row * n * W, offs_t, t_mask, keep, offs_c, W, BLOCK_T, BLOCK_W)
         _store_values(vrow_ptr, offs_t[:, None] * k + dest, x, keep, BLOCK_T * D)
     else:

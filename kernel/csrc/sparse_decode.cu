@@ -224,6 +224,33 @@ struct Gather {
   }
 };
 
+// Online-softmax update (log2 domain) of one row of the S tile: accumulator slots E, E + 1 of pr (the row gq for
+// E = 0, gq + 8 for E = 2), its running max m and sum l, and the matching O accumulators (rescaled when the max
+// moved in any lane). pr is replaced by the probabilities.
+template <int E, int NNB, int NC>
+__device__ __forceinline__ void online_softmax_rows(float (&pr)[2][4], float& m, float& l, float (&oacc)[NNB][NC]) {
+  float mx = fmaxf(fmaxf(pr[0][E], pr[0][E + 1]), fmaxf(pr[1][E], pr[1][E + 1]));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  const float mn = fmaxf(m, mx);
+  const float mu = (mn == -INFINITY) ? 0.f : mn;
+  const float al = exp2f(m - mu);
+  m = mn;
+#pragma unroll
+  for (int jt = 0; jt < 2; ++jt) {
+    pr[jt][E] = exp2f(pr[jt][E] - mu);
+    pr[jt][E + 1] = exp2f(pr[jt][E + 1] - mu);
+  }
+  l = l * al + (pr[0][E] + pr[0][E + 1]) + (pr[1][E] + pr[1][E + 1]);
+  if (__any_sync(0xffffffffu, al != 1.f)) {
+#pragma unroll
+    for (int nb = 0; nb < NNB; ++nb) {
+      oacc[nb][E] *= al;
+      oacc[nb][E + 1] *= al;
+    }
+  }
+}
+
 // Per-block runtime description of one side (compressed K/V or the dense window K/V).
 struct SideRT {
   const char* vals;
@@ -717,46 +744,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
           const int col = 8 * jt + 2 * q4 + (e & 1);
           pr[jt][e] = (col < vlim) ? sacc[jt][e] * p.scale_log2 : NEG_INF;
         }
-      float mx = fmaxf(fmaxf(pr[0][0], pr[0][1]), fmaxf(pr[1][0], pr[1][1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m0, mx);
-      const float mu = (mn == NEG_INF) ? 0.f : mn;
-      const float al = exp2f(m0 - mu);
-      m0 = mn;
-#pragma unroll
-      for (int jt = 0; jt < 2; ++jt) {
-        pr[jt][0] = exp2f(pr[jt][0] - mu);
-        pr[jt][1] = exp2f(pr[jt][1] - mu);
-      }
-      l0 = l0 * al + (pr[0][0] + pr[0][1]) + (pr[1][0] + pr[1][1]);
-      if (__any_sync(0xffffffffu, al != 1.f)) {
-#pragma unroll
-        for (int nb = 0; nb < NNB; ++nb) {
-          oacc[nb][0] *= al;
-          oacc[nb][1] *= al;
-        }
-      }
-      if constexpr (GBIG) {
-        float mx1 = fmaxf(fmaxf(pr[0][2], pr[0][3]), fmaxf(pr[1][2], pr[1][3]));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float mn1 = fmaxf(m1, mx1);
-        const float mu1 = (mn1 == NEG_INF) ? 0.f : mn1;
-        const float al1 = exp2f(m1 - mu1);
-        m1 = mn1;
-#pragma unroll
-        for (int jt = 0; jt < 2; ++jt) {
-          pr[jt][2] = exp2f(pr[jt][2] - mu1);
-          pr[jt][3] = exp2f(pr[jt][3] - mu1);
-        }
-        l1 = l1 * al1 + (pr[0][2] + pr[0][3]) + (pr[1][2] + pr[1][3]);
-#pragma unroll
-        for (int nb = 0; nb < NNB; ++nb) {
-          oacc[nb][2] *= al1;
-          oacc[nb][3] *= al1;
-        }
-      }
+      online_softmax_rows<0>(pr, m0, l0, oacc);
+      if constexpr (GBIG) online_softmax_rows<2>(pr, m1, l1, oacc);
     }
     // P as the A operand of O += P V (k = the warp's 16 tokens)
     const uint32_t pa0 = pack2<BF16>(pr[0][0], pr[0][1]);
