@@ -144,6 +144,18 @@ __device__ __forceinline__ void store_out(char* base, float v) {
   else *reinterpret_cast<__half*>(base) = __float2half_rn(v);
 }
 
+#ifndef MUSTAFAR_MERGE_UNROLL
+#define MUSTAFAR_MERGE_UNROLL 8
+#endif
+// How a gathered pair is packed: PRMT (integer ALU pipe) or IMAD v1 * 65536 + v0 (FMA pipe), an A/B knob.
+#ifndef MUSTAFAR_PACK_IMAD
+#define MUSTAFAR_PACK_IMAD 1  // measured ~1 % faster on H200 (one ALU-pipe op per pair moves to the FMA pipe)
+#endif
+#if MUSTAFAR_PACK_IMAD
+#define MUSTAFAR_PACK_ASM "mad.lo.u32 %0, v1, 65536, v0;\n\t}"
+#else
+#define MUSTAFAR_PACK_ASM "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+#endif
 // Value gathers. A lane walks one token region channel by channel, keeping a running shared-memory position that
 // advances only on kept channels. Written in PTX with explicit predicates (no branches):
 //   PRED (default): per channel LOP3.P + predicated LDS.U16 into a zeroed register + predicated IADD; lanes whose
@@ -161,7 +173,7 @@ __device__ __forceinline__ uint32_t gather_two(uint32_t m, uint32_t& addr) {  //
         "mov.b32 v0, 0;\n\tmov.b32 v1, 0;\n\t"
         "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "@p1 ld.shared.u16 v1, [%1];\n\t@p1 add.u32 %1, %1, 2;\n\t"
-        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        MUSTAFAR_PACK_ASM
         : "=r"(out), "+r"(addr)
         : "r"(m), "n"(BIT), "n"(BIT << 1));
   } else {
@@ -172,7 +184,7 @@ __device__ __forceinline__ uint32_t gather_two(uint32_t m, uint32_t& addr) {  //
         "ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "ld.shared.u16 v1, [%1];\n\t@p1 add.u32 %1, %1, 2;\n\t"
         "selp.b32 v0, v0, 0, p0;\n\tselp.b32 v1, v1, 0, p1;\n\t"
-        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        MUSTAFAR_PACK_ASM
         : "=r"(out), "+r"(addr)
         : "r"(m), "n"(BIT), "n"(BIT << 1));
   }
@@ -189,7 +201,7 @@ __device__ __forceinline__ uint32_t gather_cross(uint32_t ma, uint32_t& aa, uint
         "mov.b32 v0, 0;\n\tmov.b32 v1, 0;\n\t"
         "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "@p1 ld.shared.u16 v1, [%2];\n\t@p1 add.u32 %2, %2, 2;\n\t"
-        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        MUSTAFAR_PACK_ASM
         : "=r"(out), "+r"(aa), "+r"(ab)
         : "r"(ma), "r"(mb), "n"(BIT));
   } else {
@@ -200,7 +212,7 @@ __device__ __forceinline__ uint32_t gather_cross(uint32_t ma, uint32_t& aa, uint
         "ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "ld.shared.u16 v1, [%2];\n\t@p1 add.u32 %2, %2, 2;\n\t"
         "selp.b32 v0, v0, 0, p0;\n\tselp.b32 v1, v1, 0, p1;\n\t"
-        "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
+        MUSTAFAR_PACK_ASM
         : "=r"(out), "+r"(aa), "+r"(ab)
         : "r"(ma), "r"(mb), "n"(BIT));
   }
@@ -336,12 +348,16 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
   for (int g = threadIdx.x >> 5; g < G; g += NT / 32) {
     const int ln = threadIdx.x & 31;
     float M = -INFINITY;
-    for (int s2 = ln; s2 < nsp; s2 += 32) M = fmaxf(M, __ldcg(p.part_lse + (row + s2) * G + g));
+    for (int s2 = ln; s2 < nsp; s2 += 32) {  // one L2 round trip: the lse values wait in shared memory
+      const float x = __ldcg(p.part_lse + (row + s2) * G + g);
+      mw[s2 * G + g] = x;
+      M = fmaxf(M, x);
+    }
 #pragma unroll
     for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     float L = 0.f;
-    for (int s2 = ln; s2 < nsp; s2 += 32) {
-      const float w = M == -INFINITY ? 0.f : exp2f(__ldcg(p.part_lse + (row + s2) * G + g) - M);
+    for (int s2 = ln; s2 < nsp; s2 += 32) {  // the same lane wrote this entry
+      const float w = M == -INFINITY ? 0.f : exp2f(mw[s2 * G + g] - M);
       mw[s2 * G + g] = w;
       L += w;
     }
@@ -354,7 +370,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
   }
   __syncthreads();
   // weighted sum: one float4 of channels per thread and split subset (parts threads share an output when there
-  // are fewer float4 outputs than threads); 8 loads in flight per thread (the sum is L2-latency-bound)
+  // are fewer float4 outputs than threads); MUSTAFAR_MERGE_UNROLL loads in flight per thread (the sum is L2-latency-bound)
   const int nvec = G * (D / 4);
   // parts depends on kThreads, not NT: the fused and the separate merge sum in the same order (bitwise equal)
   const int parts = nvec >= kThreads ? 1 : min(kThreads / nvec, 8);
@@ -368,12 +384,13 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
     const int g = (4 * v) / D;
     if (part < parts) {
       int s2 = part;
-      for (; s2 + 7 * parts < nsp; s2 += 8 * parts) {
-        float4 x[8];
+      constexpr int U = MUSTAFAR_MERGE_UNROLL;  // loads in flight per thread (summation order does not depend on it)
+      for (; s2 + (U - 1) * parts < nsp; s2 += U * parts) {
+        float4 x[U];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) x[u] = __ldcg(po4 + (int64_t)(s2 + u * parts) * sstride + v);
+        for (int u = 0; u < U; ++u) x[u] = __ldcg(po4 + (int64_t)(s2 + u * parts) * sstride + v);
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < U; ++u) {
           const float w = mw[(s2 + u * parts) * G + g];
           acc.x += w * x[u].x;
           acc.y += w * x[u].y;
@@ -428,8 +445,17 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
+#ifndef MUSTAFAR_VPARTS
+#define MUSTAFAR_VPARTS 2  // O += P V in this many channel parts (2: 16 V fragment registers live for d128)
+#endif
+#ifndef MUSTAFAR_MIN_BLOCKS_D64
+#define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
+#endif
+#ifndef MUSTAFAR_KSEQ
+#define MUSTAFAR_KSEQ 0  // 1: S = Q K^T one n8 tile at a time (Q re-read per tile); 0: both tiles' fragments first
+#endif
 template <int D, bool BF16, bool GBIG, bool PRED, bool FAST>
-__global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) split_kernel(const __grid_constant__ KParams p) {
+__global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_BLOCKS_D64 : MUSTAFAR_MIN_BLOCKS)) split_kernel(const __grid_constant__ KParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int W = D / 32;
   constexpr int NKB = D / 16;  // k-blocks of S = Q K^T
@@ -500,35 +526,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
     sd[x] = r;
   }
   __syncthreads();
-
-  // ---- Q fragments (A operand of S = Q K^T), channel order permuted per lane quad. Kept in shared
-  //      memory (reloaded per tile) so the registers stay free for the O accumulators. ----------
-  // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
-  constexpr int NQ4 = GBIG ? NKB : NKB / 2;
-  __shared__ uint4 sq4[NQ4 * 32];
-  if (tid < 32) {
-    const unsigned short* qrow0 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq) * p.q_sh));
-    const unsigned short* qrow1 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq + 8) * p.q_sh));
-    const bool r0 = gq < G, r1 = GBIG && (gq + 8 < G);
-    uint32_t* sq = reinterpret_cast<uint32_t*>(sq4);
-#pragma unroll
-    for (int kb = 0; kb < NKB; ++kb) {
-      const int c = q4 * (D / 4) + 4 * kb;
-      const uint32_t a0 = r0 ? (uint32_t(qrow0[c]) | (uint32_t(qrow0[c + 1]) << 16)) : 0u;
-      const uint32_t a2 = r0 ? (uint32_t(qrow0[c + 2]) | (uint32_t(qrow0[c + 3]) << 16)) : 0u;
-      if constexpr (GBIG) {
-        uint32_t* dst = sq + (kb * 32 + lane) * 4;
-        dst[0] = a0;
-        dst[1] = a2;
-        dst[2] = r1 ? (uint32_t(qrow1[c]) | (uint32_t(qrow1[c + 1]) << 16)) : 0u;
-        dst[3] = r1 ? (uint32_t(qrow1[c + 2]) | (uint32_t(qrow1[c + 3]) << 16)) : 0u;
-      } else {
-        uint32_t* dst = sq + ((kb >> 1) * 32 + lane) * 4 + (kb & 1) * 2;
-        dst[0] = a0;
-        dst[1] = a2;
-      }
-    }
-  }
 
   // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
   int vcur[2] = {0, 0}, vpref[2] = {0, 0}, vend[2] = {0, 0};
@@ -623,6 +620,37 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
     cp_async_commit();
   }
 
+  // ---- Q fragments (A operand of S = Q K^T), loaded after the first stages are in flight (the two global
+  //      round trips overlap); channel order permuted per lane quad. Kept in shared
+  //      memory (reloaded per tile) so the registers stay free for the O accumulators. ----------
+  // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
+  constexpr int NQ4 = GBIG ? NKB : NKB / 2;
+  __shared__ uint4 sq4[NQ4 * 32];
+  if (tid < 32) {
+    const unsigned short* qrow0 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq) * p.q_sh));
+    const unsigned short* qrow1 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq + 8) * p.q_sh));
+    const bool r0 = gq < G, r1 = GBIG && (gq + 8 < G);
+    uint32_t* sq = reinterpret_cast<uint32_t*>(sq4);
+#pragma unroll
+    for (int kb = 0; kb < NKB; ++kb) {
+      const int c = q4 * (D / 4) + 4 * kb;
+      const uint32_t a0 = r0 ? (uint32_t(qrow0[c]) | (uint32_t(qrow0[c + 1]) << 16)) : 0u;
+      const uint32_t a2 = r0 ? (uint32_t(qrow0[c + 2]) | (uint32_t(qrow0[c + 3]) << 16)) : 0u;
+      if constexpr (GBIG) {
+        uint32_t* dst = sq + (kb * 32 + lane) * 4;
+        dst[0] = a0;
+        dst[1] = a2;
+        dst[2] = r1 ? (uint32_t(qrow1[c]) | (uint32_t(qrow1[c + 1]) << 16)) : 0u;
+        dst[3] = r1 ? (uint32_t(qrow1[c + 2]) | (uint32_t(qrow1[c + 3]) << 16)) : 0u;
+      } else {
+        uint32_t* dst = sq + ((kb >> 1) * 32 + lane) * 4 + (kb & 1) * 2;
+        dst[0] = a0;
+        dst[1] = a2;
+      }
+    }
+  }
+
+
   int rslot = 0;  // stage slot of tile it (it % ns, without the division)
   for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
     cp_async_wait_stages(ns);
@@ -684,12 +712,16 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
     __syncwarp();
 
     // ---- S = Q K^T for the warp's 16 tokens (two n8 tiles; lane gathers token 8*jt + lane/4) ----
+    // KSEQ=1 (experiment): gather one n8 tile's fragments, run its mmas, then the next (16 fragment registers live
+    // instead of 32; the Q fragments are read from shared memory once per n8 tile).
     float sacc[2][4];
     {
       const uint32_t svK = smem_u32(sb + p.vals_off[0]);
-      uint32_t kf[2][D / 8];
 #pragma unroll
-      for (int jt = 0; jt < 2; ++jt) {
+      for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
+      auto gather_k = [&](int jt, uint32_t* kfj) {
         const int xk = 8 * jt + gq;
         const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
         uint32_t m;
@@ -701,16 +733,37 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
         Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
 #pragma unroll
         for (int i = 0; i < D / 16; ++i) {
-          kf[jt][i] = lo[i];
-          kf[jt][D / 16 + i] = hi[i];
+          kfj[i] = lo[i];
+          kfj[D / 16 + i] = hi[i];
         }
+      };
+#if MUSTAFAR_KSEQ
+      auto mma_k = [&](float (&sa)[4], const uint32_t* kfj) {
+#pragma unroll
+        for (int kb = 0; kb < NKB; kb += 2) {
+          if constexpr (GBIG) {
+            const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
+            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.x, v.z, v.y, v.w, kfj[2 * kb], kfj[2 * kb + 1]);
+            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v2.x, v2.z, v2.y, v2.w, kfj[2 * kb + 2], kfj[2 * kb + 3]);
+          } else {
+            const uint4 v = sq4[(kb >> 1) * 32 + lane];
+            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.x, 0u, v.y, 0u, kfj[2 * kb], kfj[2 * kb + 1]);
+            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.z, 0u, v.w, 0u, kfj[2 * kb + 2], kfj[2 * kb + 3]);
+          }
+        }
+      };
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt) {
+        uint32_t kf[D / 8];
+        gather_k(jt, kf);
+        mma_k(sacc[jt], kf);
       }
+#else
+      uint32_t kf[2][D / 8];
+      gather_k(0, kf[0]);
+      gather_k(1, kf[1]);
 #pragma unroll
-      for (int jt = 0; jt < 2; ++jt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
-#pragma unroll
-      for (int kb = 0; kb < NKB; kb += 2) {
+      for (int kb = 0; kb < NKB; kb += 2) {  // Q fragments read once for both n8 tiles
         if constexpr (GBIG) {
           const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
 #pragma unroll
@@ -731,6 +784,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
           }
         }
       }
+#endif
     }
 
     // ---- online softmax (log2 domain) ----
@@ -774,16 +828,16 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : MUSTAFAR_MIN_BLOCKS) spli
         if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (16 * warp + xv) * W)[gq];
         else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (16 * warp + xv) * W)[gq];
       }
-      // two halves of the channel blocks keep only 16 fragment registers live
+      // the channel blocks in VPARTS parts keep only 2 * NNB / VPARTS fragment registers live
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        constexpr int HN = NNB / 2;
+      for (int half = 0; half < MUSTAFAR_VPARTS; ++half) {
+        constexpr int HN = NNB / MUSTAFAR_VPARTS;
         uint32_t vb0[HN], vb1[HN];
         Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
         Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
-        if (half == 0) {
+        if (half + 1 < MUSTAFAR_VPARTS) {
 #pragma unroll
-          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc((vm[u] >> (half * HN)) & ((1u << HN) - 1u));
         }
 #pragma unroll
         for (int i = 0; i < HN; ++i) {
@@ -1021,7 +1075,9 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   const int stage = round_up(2 * capK + kSlackBytes, 16) + round_up(2 * capV + kSlackBytes, 16) + 2 * kTile * W * 4 +
                     2 * kTile * 4;
   int ns = p.num_stages;
-  if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= 52 * 1024) ? 3 : 2;  // keep 4 blocks per SM
+  // three stages where they still leave room for MUSTAFAR_MIN_BLOCKS blocks per SM (52 KB each for 4)
+  constexpr int kStageBudget = (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024;
+  if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= kStageBudget) ? 3 : 2;
   if (ns < 2) ns = 2;
   if (ns > 4) ns = 4;
   plan->num_stages = ns;
@@ -1049,13 +1105,22 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   const int tiles = (p.T + kTile - 1) / kTile;
   int nsplit = p.num_splits;
   if (nsplit <= 0) {
+    // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
+    // row's partials by its last block: L2-latency-bound rounds of MUSTAFAR_MERGE_UNROLL loads per thread, ~0.8 of
+    // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
+    // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
+    // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
     nsplit = 1;
     if (tiles > 1 && rows > 0) {
+      const int nvec = p.G * (D / 4);
+      const int parts = nvec >= kThreads ? 1 : (kThreads / nvec < 8 ? kThreads / nvec : 8);
+      const double merge_round = D == 64 ? 0.8 : 0.45;
       double best = 1e30;
       const int max_ns = tiles < 4096 ? tiles : 4096;
       for (int n = 1; n <= max_ns; ++n) {
         const int64_t waves = (rows * n + slots - 1) / slots;
-        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0);
+        const int64_t rounds = (n + 1 + parts * MUSTAFAR_MERGE_UNROLL - 1) / (parts * MUSTAFAR_MERGE_UNROLL);
+        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
         if (cost < best - 1e-9) { best = cost; nsplit = n; }
       }
     }
