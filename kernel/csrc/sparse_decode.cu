@@ -57,7 +57,7 @@ struct WinArgs {
 };
 
 struct KParams {
-  int B, H, G, T, n_win, nsplit, ns, win_tile;
+  int B, H, G, T, n_win, nsplit, ns, win_tile, win_last;
   float scale_log2;
   const char* q;
   int64_t q_sb, q_sh;
@@ -331,6 +331,31 @@ __device__ __forceinline__ int stage_side(const SideRT& sd, int tid, int t0, int
   return sd.mode == 2 ? (int)(v0 - shift) : shift;
 }
 
+// Block -> (split s, KV head h, batch b). win_last: the first B*H*nsplit blocks (in launch order) are split blocks,
+// row-major, and the B*H window blocks come last, so a full wave of split blocks starts together; else
+// blockIdx = (s, h, b) with each row's window block between the rows' split blocks. Cheap enough to recompute where
+// needed (keeps three registers free across the main loop).
+__device__ __forceinline__ void block_coords(const KParams& p, int& s, int& h, int& b) {
+  if (p.win_last) {
+    const int64_t lin = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z);
+    const int64_t ncomp = (int64_t)p.B * p.H * p.nsplit;
+    int64_t row;
+    if (lin < ncomp) {
+      row = lin / p.nsplit;
+      s = (int)(lin - row * p.nsplit);
+    } else {
+      row = lin - ncomp;
+      s = p.nsplit;
+    }
+    h = (int)(row % p.H);
+    b = (int)(row / p.H);
+  } else {
+    s = blockIdx.x;
+    h = blockIdx.y;
+    b = blockIdx.z;
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Merge of one row's partials: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max).
 // Run by the separate merge kernel, or (default) by the last split block of the row to finish.
@@ -463,7 +488,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   constexpr float NEG_INF = -INFINITY;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
-  const int s = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  int s, h, b;
+  block_coords(p, s, h, b);
   const bool is_win = (s == p.nsplit);  // the window block comes last: it is short and fills the tail
   const int G = p.G;
 
@@ -856,6 +882,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   __syncthreads();
 
   // ---- merge the 4 warps, write this block's partial -------------------------------------------
+  block_coords(p, s, h, b);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   if constexpr (GBIG) {
@@ -1146,6 +1173,19 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.nsplit = plan.num_splits;
   kp.ns = plan.num_stages;
   kp.win_tile = plan.win_tile;
+  {
+    // Window blocks last where the grid overflows one wave of block slots: measured on H200 (v8), Llama-3-8B
+    // B=32 L=8192 70 %: 248.8 -> 226.9 us; where everything fits one wave the interleaved order was 0.5-0.9 us faster.
+    // MUSTAFAR_WIN_LAST=0/1 forces the order (A/B switch; same results).
+    static const int env = [] {
+      const char* v = std::getenv("MUSTAFAR_WIN_LAST");
+      return v ? (v[0] == '1' ? 1 : 0) : -1;
+    }();
+    const int64_t slots = (int64_t)(sm_count_of_current_device() > 0 ? sm_count_of_current_device() : 1) *
+                          (plan.blocks_per_sm > 0 ? plan.blocks_per_sm : 1);
+    const int64_t blocks = (int64_t)p.B * p.H * (plan.num_splits + 1);
+    kp.win_last = env >= 0 ? env : (blocks > slots ? 1 : 0);
+  }
   kp.scale_log2 = p.scale * 1.4426950408889634f;
   kp.q = static_cast<const char*>(p.q);
   kp.q_sb = p.q_sb;
