@@ -1,8 +1,10 @@
 // Batched sparse decode attention over the token-major bitmap KV format ("TBM", see kernel/format.py).
 //
 // Design (flash-decoding over compressed tokens, one read of each KV head's data for all G query heads):
-//   grid (1 + num_splits, H, B), 128 threads (4 warps). Block x == 0 handles the dense window; block x >= 1
-//   handles one contiguous slice of the row's compressed tokens [comp_start, comp_end).
+//   grid (num_splits + 1, H, B), 128 threads (4 warps). Split blocks s < num_splits each handle one contiguous
+//   slice of the row's compressed tokens [comp_start, comp_end); block s == num_splits handles the dense window.
+//   Launch order (block_coords): blockIdx = (s, h, b), or, where the grid overflows one wave of block slots,
+//   all split blocks first and the short window blocks last (KParams::win_last).
 //   A block streams its tokens in tiles of 64 (16 per warp) through shared memory with cp.async
 //   (2-4 stages): the tile's bitmaps, offsets (variable mode) and its contiguous value run (fixed mode
 //   k % 4 != 0 and variable mode: an exact 16-byte-chunk image; fixed mode k % 4 == 0: one padded row per
