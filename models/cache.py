@@ -23,6 +23,7 @@ Two storage backends behind one interface:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -79,14 +80,15 @@ class MustafarConfig:
 def _sdpa(module, query, key, value, attention_mask, scaling):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    backends = contextlib.nullcontext()
     if query.is_cuda and query.shape[2] == 1:
         # Decode: the KV length changes every step, and PyTorch's cuDNN SDPA backend builds a new plan for every
         # new length (~1.5 ms of CPU per call on an H200); flash/efficient kernels read the same bytes without it.
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0)[0]
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0)[0]
+        backends = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    with backends:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0)[0]
 
 
 def _grow(buf: torch.Tensor, used: int, need: int, dim: int = 2) -> torch.Tensor:

@@ -146,24 +146,14 @@ __device__ __forceinline__ void store_out(char* base, float v) {
   else *reinterpret_cast<__half*>(base) = __float2half_rn(v);
 }
 
-#ifndef MUSTAFAR_MERGE_UNROLL
-#define MUSTAFAR_MERGE_UNROLL 8
-#endif
-// How a gathered pair is packed: PRMT (integer ALU pipe) or IMAD v1 * 65536 + v0 (FMA pipe), an A/B knob.
-#ifndef MUSTAFAR_PACK_IMAD
-#define MUSTAFAR_PACK_IMAD 1  // measured ~1 % faster on H200 (one ALU-pipe op per pair moves to the FMA pipe)
-#endif
-#if MUSTAFAR_PACK_IMAD
+// A gathered pair is packed as v1 * 65536 + v0 with IMAD (FMA pipe; PRMT on the busier ALU pipe was ~1 % slower).
 #define MUSTAFAR_PACK_ASM "mad.lo.u32 %0, v1, 65536, v0;\n\t}"
-#else
-#define MUSTAFAR_PACK_ASM "prmt.b32 %0, v0, v1, 0x5410;\n\t}"
-#endif
 // Value gathers. A lane walks one token region channel by channel, keeping a running shared-memory position that
 // advances only on kept channels. Written in PTX with explicit predicates (no branches):
 //   PRED (default): per channel LOP3.P + predicated LDS.U16 into a zeroed register + predicated IADD; lanes whose
 //                   channel is dropped issue no shared-memory access (fewer bank-conflict wavefronts).
 //   !PRED:          unconditional LDS.U16 + SEL (the value buffers carry slack after the last value).
-// One PRMT packs each pair.
+// One IMAD packs each pair.
 template <uint32_t BIT, bool PRED>
 __device__ __forceinline__ uint32_t gather_two(uint32_t m, uint32_t& addr) {  // channels BIT, BIT << 1
   uint32_t out;
@@ -358,6 +348,15 @@ __device__ __forceinline__ void block_coords(const KParams& p, int& s, int& h, i
   }
 }
 
+// Merge geometry, shared by merge_row and the split rule of sparse_decode_plan: split subsets per float4 output
+// (threads share an output when there are fewer float4 outputs than threads; depends on kThreads, not on the
+// merging block's size, so the fused and the separate merge sum in the same order: bitwise equal) and loads in
+// flight per thread.
+constexpr int kMergeUnroll = 8;
+__host__ __device__ constexpr int merge_parts(int G, int D) {
+  return G * (D / 4) >= kThreads ? 1 : (kThreads / (G * (D / 4)) < 8 ? kThreads / (G * (D / 4)) : 8);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Merge of one row's partials: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max).
 // Run by the separate merge kernel, or (default) by the last split block of the row to finish.
@@ -397,10 +396,9 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
   }
   __syncthreads();
   // weighted sum: one float4 of channels per thread and split subset (parts threads share an output when there
-  // are fewer float4 outputs than threads); MUSTAFAR_MERGE_UNROLL loads in flight per thread (the sum is L2-latency-bound)
+  // are fewer float4 outputs than threads); kMergeUnroll loads in flight per thread (the sum is L2-latency-bound)
   const int nvec = G * (D / 4);
-  // parts depends on kThreads, not NT: the fused and the separate merge sum in the same order (bitwise equal)
-  const int parts = nvec >= kThreads ? 1 : min(kThreads / nvec, 8);
+  const int parts = merge_parts(G, D);
   float4* red = reinterpret_cast<float4*>(mw + ((nsp * G + 2 * G + 3) & ~3));  // 16-B aligned, (NT-1)... float4s
   const float4* po4 = reinterpret_cast<const float4*>(p.part_o + row * G * D);
   const int sstride = G * (D / 4);  // float4s per split
@@ -411,7 +409,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
     const int g = (4 * v) / D;
     if (part < parts) {
       int s2 = part;
-      constexpr int U = MUSTAFAR_MERGE_UNROLL;  // loads in flight per thread (summation order does not depend on it)
+      constexpr int U = kMergeUnroll;  // the summation order does not depend on it
       for (; s2 + (U - 1) * parts < nsp; s2 += U * parts) {
         float4 x[U];
 #pragma unroll
@@ -472,14 +470,8 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
-#ifndef MUSTAFAR_VPARTS
-#define MUSTAFAR_VPARTS 2  // O += P V in this many channel parts (2: 16 V fragment registers live for d128)
-#endif
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
-#endif
-#ifndef MUSTAFAR_KSEQ
-#define MUSTAFAR_KSEQ 0  // 1: S = Q K^T one n8 tile at a time (Q re-read per tile); 0: both tiles' fragments first
 #endif
 template <int D, bool BF16, bool GBIG, bool PRED, bool FAST>
 __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_BLOCKS_D64 : MUSTAFAR_MIN_BLOCKS)) split_kernel(const __grid_constant__ KParams p) {
@@ -648,9 +640,9 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     cp_async_commit();
   }
 
-  // ---- Q fragments (A operand of S = Q K^T), loaded after the first stages are in flight (the two global
-  //      round trips overlap); channel order permuted per lane quad. Kept in shared
-  //      memory (reloaded per tile) so the registers stay free for the O accumulators. ----------
+  // ---- Q fragments (A operand of S = Q K^T), loaded after the first stages are in flight (the two global round
+  //      trips overlap); channel order permuted per lane quad. Kept in shared memory (reloaded per tile) so the
+  //      registers stay free for the O accumulators. ----------------------------------------------------------
   // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
   constexpr int NQ4 = GBIG ? NKB : NKB / 2;
   __shared__ uint4 sq4[NQ4 * 32];
@@ -677,7 +669,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       }
     }
   }
-
 
   int rslot = 0;  // stage slot of tile it (it % ns, without the division)
   for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
@@ -740,16 +731,12 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     __syncwarp();
 
     // ---- S = Q K^T for the warp's 16 tokens (two n8 tiles; lane gathers token 8*jt + lane/4) ----
-    // KSEQ=1 (experiment): gather one n8 tile's fragments, run its mmas, then the next (16 fragment registers live
-    // instead of 32; the Q fragments are read from shared memory once per n8 tile).
     float sacc[2][4];
     {
       const uint32_t svK = smem_u32(sb + p.vals_off[0]);
+      uint32_t kf[2][D / 8];
 #pragma unroll
-      for (int jt = 0; jt < 2; ++jt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
-      auto gather_k = [&](int jt, uint32_t* kfj) {
+      for (int jt = 0; jt < 2; ++jt) {
         const int xk = 8 * jt + gq;
         const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
         uint32_t m;
@@ -761,35 +748,14 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
 #pragma unroll
         for (int i = 0; i < D / 16; ++i) {
-          kfj[i] = lo[i];
-          kfj[D / 16 + i] = hi[i];
+          kf[jt][i] = lo[i];
+          kf[jt][D / 16 + i] = hi[i];
         }
-      };
-#if MUSTAFAR_KSEQ
-      auto mma_k = [&](float (&sa)[4], const uint32_t* kfj) {
-#pragma unroll
-        for (int kb = 0; kb < NKB; kb += 2) {
-          if constexpr (GBIG) {
-            const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
-            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.x, v.z, v.y, v.w, kfj[2 * kb], kfj[2 * kb + 1]);
-            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v2.x, v2.z, v2.y, v2.w, kfj[2 * kb + 2], kfj[2 * kb + 3]);
-          } else {
-            const uint4 v = sq4[(kb >> 1) * 32 + lane];
-            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.x, 0u, v.y, 0u, kfj[2 * kb], kfj[2 * kb + 1]);
-            mma16816<BF16>(sa[0], sa[1], sa[2], sa[3], v.z, 0u, v.w, 0u, kfj[2 * kb + 2], kfj[2 * kb + 3]);
-          }
-        }
-      };
-#pragma unroll
-      for (int jt = 0; jt < 2; ++jt) {
-        uint32_t kf[D / 8];
-        gather_k(jt, kf);
-        mma_k(sacc[jt], kf);
       }
-#else
-      uint32_t kf[2][D / 8];
-      gather_k(0, kf[0]);
-      gather_k(1, kf[1]);
+#pragma unroll
+      for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
 #pragma unroll
       for (int kb = 0; kb < NKB; kb += 2) {  // Q fragments read once for both n8 tiles
         if constexpr (GBIG) {
@@ -812,7 +778,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           }
         }
       }
-#endif
     }
 
     // ---- online softmax (log2 domain) ----
@@ -856,16 +821,16 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (16 * warp + xv) * W)[gq];
         else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (16 * warp + xv) * W)[gq];
       }
-      // the channel blocks in VPARTS parts keep only 2 * NNB / VPARTS fragment registers live
+      // two halves of the channel blocks keep only 16 fragment registers live
 #pragma unroll
-      for (int half = 0; half < MUSTAFAR_VPARTS; ++half) {
-        constexpr int HN = NNB / MUSTAFAR_VPARTS;
+      for (int half = 0; half < 2; ++half) {
+        constexpr int HN = NNB / 2;
         uint32_t vb0[HN], vb1[HN];
         Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
         Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
-        if (half + 1 < MUSTAFAR_VPARTS) {
+        if (half == 0) {
 #pragma unroll
-          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc((vm[u] >> (half * HN)) & ((1u << HN) - 1u));
+          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
         }
 #pragma unroll
         for (int i = 0; i < HN; ++i) {
@@ -1135,20 +1100,19 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   int nsplit = p.num_splits;
   if (nsplit <= 0) {
     // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
-    // row's partials by its last block: L2-latency-bound rounds of MUSTAFAR_MERGE_UNROLL loads per thread, ~0.8 of
+    // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
     // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
     // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
     // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
     nsplit = 1;
     if (tiles > 1 && rows > 0) {
-      const int nvec = p.G * (D / 4);
-      const int parts = nvec >= kThreads ? 1 : (kThreads / nvec < 8 ? kThreads / nvec : 8);
+      const int per_round = merge_parts(p.G, D) * kMergeUnroll;
       const double merge_round = D == 64 ? 0.8 : 0.45;
       double best = 1e30;
       const int max_ns = tiles < 4096 ? tiles : 4096;
       for (int n = 1; n <= max_ns; ++n) {
         const int64_t waves = (rows * n + slots - 1) / slots;
-        const int64_t rounds = (n + 1 + parts * MUSTAFAR_MERGE_UNROLL - 1) / (parts * MUSTAFAR_MERGE_UNROLL);
+        const int64_t rounds = (n + 1 + per_round - 1) / per_round;
         const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
         if (cost < best - 1e-9) { best = cost; nsplit = n; }
       }
@@ -1157,6 +1121,14 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   if (nsplit < 1) nsplit = 1;
   if (nsplit > 1 << 20) nsplit = 1 << 20;
   plan->num_splits = nsplit;
+  // Window blocks after all split blocks where the grid overflows one wave of block slots: measured on H200 (v8),
+  // Llama-3-8B B=32 L=8192 70 %: 248.8 -> 226.9 us; where everything fits one wave the interleaved order was
+  // 0.5-0.9 us faster. MUSTAFAR_WIN_LAST=0/1 forces the order (A/B switch; same results).
+  static const int win_env = [] {
+    const char* v = std::getenv("MUSTAFAR_WIN_LAST");
+    return v ? (v[0] == '1' ? 1 : 0) : -1;
+  }();
+  plan->win_last = win_env >= 0 ? win_env : (rows * (nsplit + 1) > slots ? 1 : 0);
   plan->workspace_floats = rows * (int64_t)(nsplit + 1) * p.G * (D + 1);
   return cudaSuccess;
 }
@@ -1175,19 +1147,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.nsplit = plan.num_splits;
   kp.ns = plan.num_stages;
   kp.win_tile = plan.win_tile;
-  {
-    // Window blocks last where the grid overflows one wave of block slots: measured on H200 (v8), Llama-3-8B
-    // B=32 L=8192 70 %: 248.8 -> 226.9 us; where everything fits one wave the interleaved order was 0.5-0.9 us faster.
-    // MUSTAFAR_WIN_LAST=0/1 forces the order (A/B switch; same results).
-    static const int env = [] {
-      const char* v = std::getenv("MUSTAFAR_WIN_LAST");
-      return v ? (v[0] == '1' ? 1 : 0) : -1;
-    }();
-    const int64_t slots = (int64_t)(sm_count_of_current_device() > 0 ? sm_count_of_current_device() : 1) *
-                          (plan.blocks_per_sm > 0 ? plan.blocks_per_sm : 1);
-    const int64_t blocks = (int64_t)p.B * p.H * (plan.num_splits + 1);
-    kp.win_last = env >= 0 ? env : (blocks > slots ? 1 : 0);
-  }
+  kp.win_last = plan.win_last;
   kp.scale_log2 = p.scale * 1.4426950408889634f;
   kp.q = static_cast<const char*>(p.q);
   kp.q_sb = p.q_sb;

@@ -62,6 +62,7 @@ struct DecodePlan {
   int64_t workspace_floats = 0;
   int k_mode = 0, v_mode = 0;       // 0: fixed (natural image), 1: fixed (padded rows), 2: variable
   int blocks_per_sm = 0;            // occupancy of the split kernel
+  int win_last = 0;                 // launch order: 1 = all split blocks first, then the window blocks
 };
 
 // Checks the parameters, chooses the split count and the shared-memory layout. Host only, no device sync.
