@@ -118,6 +118,14 @@ def test_forced_splits_stages_layout(num_splits, num_stages, layout, k):
     _check(inp, num_splits=num_splits, num_stages=num_stages, layout=layout)
 
 
+@pytest.mark.parametrize("d,k,g", [(128, 16, 4), (128, 48, 1), (128, 96, 5), (128, 112, 12), (64, 16, 3), (64, 48, 8)])
+def test_skewed_runs(d, k, g):
+    """k % 16 == 0 with 16-byte aligned value rows: the fast path stages token runs 16 bytes apart."""
+    inp = make_inputs(3, 2 * g, 2, d, 333, k, mode="fixed", device="cuda", n_win=5, ragged=True, seed=31 + k)
+    _safe_ragged(inp)
+    _check(inp)
+
+
 def test_random_property_sweep():
     gen = torch.Generator().manual_seed(2024)
     for i in range(12):

@@ -50,6 +50,8 @@ struct SideArgs {
   int mode;    // 0 fixed natural image, 1 fixed padded rows, 2 variable
   int k;
   int bm_vec;  // bitmap rows can be copied with one W*4-byte cp.async per token
+  int skew;    // fast path, k % 16 == 0: token runs staged 16 bytes apart (bank spread, see skew_side)
+  uint32_t cpt_magic;  // skew: ceil(2^32 / (k / 8)), chunk -> token by __umulhi
   int capH;    // stage capacity (halves) of this side's value buffer
 };
 
@@ -228,31 +230,47 @@ struct Gather {
   }
 };
 
-// Online-softmax update (log2 domain) of one row of the S tile: accumulator slots E, E + 1 of pr (the row gq for
-// E = 0, gq + 8 for E = 2), its running max m and sum l, and the matching O accumulators (rescaled when the max
-// moved in any lane). pr is replaced by the probabilities.
-template <int E, int NNB, int NC>
-__device__ __forceinline__ void online_softmax_rows(float (&pr)[2][4], float& m, float& l, float (&oacc)[NNB][NC]) {
-  float mx = fmaxf(fmaxf(pr[0][E], pr[0][E + 1]), fmaxf(pr[1][E], pr[1][E + 1]));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-  const float mn = fmaxf(m, mx);
-  const float mu = (mn == -INFINITY) ? 0.f : mn;
-  const float al = exp2f(m - mu);
-  m = mn;
+// Online-softmax update (log2 domain) of one n8 head block of the S^T tile (rows = the warp's 16 tokens, columns =
+// 8 query heads). Lane (gq, q4) holds tokens gq (sc[0], sc[1]) and gq + 8 (sc[2], sc[3]) of heads 2 q4 (sc[0], sc[2])
+// and 2 q4 + 1 (sc[1], sc[3]); m[c], l[c] are the running max and (lane-partial) sum of head 2 q4 + c, and
+// oacc[mb][c], oacc[mb][2 + c] the matching O^T accumulators (rescaled when a max moved in any lane).
+// sc is replaced by the probabilities.
+template <int NMB>
+__device__ __forceinline__ void online_softmax_cols(float (&sc)[4], float (&m)[2], float (&l)[2],
+                                                    float (&oacc)[NMB][4]) {
+  float mx0 = fmaxf(sc[0], sc[2]), mx1 = fmaxf(sc[1], sc[3]);
 #pragma unroll
-  for (int jt = 0; jt < 2; ++jt) {
-    pr[jt][E] = exp2f(pr[jt][E] - mu);
-    pr[jt][E + 1] = exp2f(pr[jt][E + 1] - mu);
+  for (int o = 4; o < 32; o <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
   }
-  l = l * al + (pr[0][E] + pr[0][E + 1]) + (pr[1][E] + pr[1][E + 1]);
-  if (__any_sync(0xffffffffu, al != 1.f)) {
+  const float mn0 = fmaxf(m[0], mx0), mn1 = fmaxf(m[1], mx1);
+  const float mu0 = (mn0 == -INFINITY) ? 0.f : mn0, mu1 = (mn1 == -INFINITY) ? 0.f : mn1;
+  const float al0 = exp2f(m[0] - mu0), al1 = exp2f(m[1] - mu1);
+  m[0] = mn0;
+  m[1] = mn1;
+  sc[0] = exp2f(sc[0] - mu0);
+  sc[2] = exp2f(sc[2] - mu0);
+  sc[1] = exp2f(sc[1] - mu1);
+  sc[3] = exp2f(sc[3] - mu1);
+  l[0] = l[0] * al0 + (sc[0] + sc[2]);
+  l[1] = l[1] * al1 + (sc[1] + sc[3]);
+  if (__any_sync(0xffffffffu, (al0 != 1.f) || (al1 != 1.f))) {
 #pragma unroll
-    for (int nb = 0; nb < NNB; ++nb) {
-      oacc[nb][E] *= al;
-      oacc[nb][E + 1] *= al;
+    for (int mb = 0; mb < NMB; ++mb) {
+      oacc[mb][0] *= al0;
+      oacc[mb][2] *= al0;
+      oacc[mb][1] *= al1;
+      oacc[mb][3] *= al1;
     }
   }
+}
+
+// 8x8 transpose of a b16 fragment (lane: row gq, columns 2 q4, 2 q4 + 1) within the warp.
+__device__ __forceinline__ uint32_t movm_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 // Per-block runtime description of one side (compressed K/V or the dense window K/V).
@@ -262,7 +280,8 @@ struct SideRT {
   const int32_t* off;
   int64_t bm_st, off_st, src_st_w, nvals;
   int mode, k, kst, wpt, tpi, capH;
-  bool synth, bm_vec;
+  bool synth, bm_vec, skew;
+  uint32_t cpt_magic;
 };
 
 // Issues the cp.async copies of one side of one tile; returns the value-position info of the tile
@@ -478,7 +497,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int W = D / 32;
   constexpr int NKB = D / 16;  // k-blocks of S = Q K^T
-  constexpr int NNB = D / 8;   // n-blocks (channels) of O = P V
+  constexpr int NMB = D / 16;  // m-blocks (16 channels) of O^T = V^T P^T
+  constexpr int NH = GBIG ? 2 : 1;  // n8 blocks of query heads
   constexpr float NEG_INF = -INFINITY;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
@@ -526,6 +546,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.src_st_w = w.st / 2;
       r.synth = true;
       r.bm_vec = false;
+      r.skew = false;
+      r.cpt_magic = 0;
     } else {
       const SideArgs& a = p.side[x];
       r.vals = a.vals + 2 * (b * a.v_sb + h * a.v_sh);
@@ -540,8 +562,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.src_st_w = a.k / 2;
       r.synth = false;
       r.bm_vec = a.bm_vec != 0;
+      r.skew = a.skew != 0;
+      r.cpt_magic = a.cpt_magic;
     }
-    r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k : 0);
+    r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (r.skew ? 8 : 0) : 0);
     r.tpi = kThreads / r.wpt;
     sd[x] = r;
   }
@@ -595,9 +619,20 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       const char* a0 = a - mis;
       const int tot = 2 * nt * k + mis;
       unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
-      for (int c = tid; 16 * c < tot; c += kThreads) {
-        const int rem = tot - 16 * c;
-        cp_async16(sv + 16 * c, a0 + 16 * c, rem < 16 ? rem : 16);
+      const char* src = a0 + 16 * tid;
+      if (sd[x].skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on
+        const int nch = nt * (k >> 3);
+        const uint32_t mg = sd[x].cpt_magic;
+        for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
+          cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
+      } else {
+        // (the src-size form for every chunk: measured faster than full-form copies plus a sized last chunk)
+        const int nch = (tot + 15) >> 4;
+        unsigned char* dst = sv + 16 * tid;
+        for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads, dst += 16 * kThreads) {
+          const int rem = tot - 16 * c;
+          cp_async16(dst, src, rem < 16 ? rem : 16);
+        }
       }
       if (tid == 0) info[slot * 2 + x] = mis >> 1;
     }
@@ -627,13 +662,21 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     }
   };
 
-  // ---- per-warp online-softmax state ----------------------------------------------------------
-  float m0 = NEG_INF, l0 = 0.f, m1 = NEG_INF, l1 = 0.f;
-  float oacc[NNB][GBIG ? 4 : 2];
+  // ---- per-warp online-softmax state: heads 8 nh + 2 q4 + c (c = 0, 1) of head block nh --------------------
+  float mh[NH][2], lh[NH][2];
+  float oacc[NH][NMB][4];  // O^T blocks: rows = 16 channels, columns = 8 heads
 #pragma unroll
-  for (int nb = 0; nb < NNB; ++nb)
+  for (int nh = 0; nh < NH; ++nh) {
 #pragma unroll
-    for (int e = 0; e < (GBIG ? 4 : 2); ++e) oacc[nb][e] = 0.f;
+    for (int c = 0; c < 2; ++c) {
+      mh[nh][c] = NEG_INF;
+      lh[nh][c] = 0.f;
+    }
+#pragma unroll
+    for (int mb = 0; mb < NMB; ++mb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) oacc[nh][mb][e] = 0.f;
+  }
 
   for (int j = 0; j < ns - 1; ++j) {
     if (j < ntiles) stage(j, j);
@@ -730,8 +773,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     }
     __syncwarp();
 
-    // ---- S = Q K^T for the warp's 16 tokens (two n8 tiles; lane gathers token 8*jt + lane/4) ----
-    float sacc[2][4];
+    // ---- S^T = K Q^T for the warp's 16 tokens (M = 16 tokens, N = 8 heads per head block). Lane gathers tokens gq
+    //      (kf[0]) and gq + 8 (kf[1]) of its channel region; a k16 step's A operand is (kf[0][2kb], kf[1][2kb],
+    //      kf[0][2kb+1], kf[1][2kb+1]), its B operand the Q pair of head gq. ----
+    float sacc[NH][4];
     {
       const uint32_t svK = smem_u32(sb + p.vals_off[0]);
       uint32_t kf[2][D / 8];
@@ -752,64 +797,73 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           kf[jt][D / 16 + i] = hi[i];
         }
       }
+      constexpr bool TWO = !GBIG && D == 128;  // one head block, d128: a second accumulator (two mma chains of 4)
+      float s2[4];
 #pragma unroll
-      for (int jt = 0; jt < 2; ++jt)
+      for (int e = 0; e < 4; ++e) {
+        s2[e] = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[jt][e] = 0.f;
+        for (int nh = 0; nh < NH; ++nh) sacc[nh][e] = 0.f;
+      }
 #pragma unroll
-      for (int kb = 0; kb < NKB; kb += 2) {  // Q fragments read once for both n8 tiles
+      for (int kb = 0; kb < NKB; kb += 2) {
         if constexpr (GBIG) {
           const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
-#pragma unroll
-          for (int jt = 0; jt < 2; ++jt) {
-            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.x, v.z, v.y, v.w, kf[jt][2 * kb],
-                           kf[jt][2 * kb + 1]);
-            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v2.x, v2.z, v2.y, v2.w,
-                           kf[jt][2 * kb + 2], kf[jt][2 * kb + 3]);
-          }
+          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+          mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb], kf[1][2 * kb],
+                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.z, v.w);
+          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                         kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.x, v2.y);
+          mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                         kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.z, v2.w);
         } else {
           const uint4 v = sq4[(kb >> 1) * 32 + lane];
-#pragma unroll
-          for (int jt = 0; jt < 2; ++jt) {
-            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.x, 0u, v.y, 0u, kf[jt][2 * kb],
-                           kf[jt][2 * kb + 1]);
-            mma16816<BF16>(sacc[jt][0], sacc[jt][1], sacc[jt][2], sacc[jt][3], v.z, 0u, v.w, 0u, kf[jt][2 * kb + 2],
-                           kf[jt][2 * kb + 3]);
-          }
+          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+          float(&acc2)[4] = TWO ? s2 : sacc[0];
+          mma16816<BF16>(acc2[0], acc2[1], acc2[2], acc2[3], kf[0][2 * kb + 2], kf[1][2 * kb + 2], kf[0][2 * kb + 3],
+                         kf[1][2 * kb + 3], v.z, v.w);
         }
+      }
+      if constexpr (TWO) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[0][e] += s2[e];
       }
     }
 
-    // ---- online softmax (log2 domain) ----
-    float pr[2][4];
+    // ---- online softmax (log2 domain), per head over the tokens ----
     {
       const int vlim = nt - 16 * warp;
+      const bool va = gq < vlim, vb = gq + 8 < vlim;
 #pragma unroll
-      for (int jt = 0; jt < 2; ++jt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * jt + 2 * q4 + (e & 1);
-          pr[jt][e] = (col < vlim) ? sacc[jt][e] * p.scale_log2 : NEG_INF;
-        }
-      online_softmax_rows<0>(pr, m0, l0, oacc);
-      if constexpr (GBIG) online_softmax_rows<2>(pr, m1, l1, oacc);
+      for (int nh = 0; nh < NH; ++nh) {
+        sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
+        sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
+        sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
+        sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
+        online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
+      }
     }
-    // P as the A operand of O += P V (k = the warp's 16 tokens)
-    const uint32_t pa0 = pack2<BF16>(pr[0][0], pr[0][1]);
-    const uint32_t pa2 = pack2<BF16>(pr[1][0], pr[1][1]);
-    const uint32_t pa1 = GBIG ? pack2<BF16>(pr[0][2], pr[0][3]) : 0u;
-    const uint32_t pa3 = GBIG ? pack2<BF16>(pr[1][2], pr[1][3]) : 0u;
-    uint32_t pl0 = 0, pl1 = 0, pl2 = 0, pl3 = 0;
-    if constexpr (BF16) {
-      pl0 = pack2_bf16_lo(pr[0][0], pr[0][1], pa0);
-      pl2 = pack2_bf16_lo(pr[1][0], pr[1][1], pa2);
-      if constexpr (GBIG) {
-        pl1 = pack2_bf16_lo(pr[0][2], pr[0][3], pa1);
-        pl3 = pack2_bf16_lo(pr[1][2], pr[1][3], pa3);
+    // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
+    // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
+    uint32_t pb0[NH], pb1[NH], pl0[NH], pl1[NH];
+#pragma unroll
+    for (int nh = 0; nh < NH; ++nh) {
+      const uint32_t x0 = pack2<BF16>(sacc[nh][0], sacc[nh][1]);
+      const uint32_t x1 = pack2<BF16>(sacc[nh][2], sacc[nh][3]);
+      pb0[nh] = movm_trans(x0);
+      pb1[nh] = movm_trans(x1);
+      if constexpr (BF16) {
+        pl0[nh] = movm_trans(pack2_bf16_lo(sacc[nh][0], sacc[nh][1], x0));
+        pl1[nh] = movm_trans(pack2_bf16_lo(sacc[nh][2], sacc[nh][3], x1));
+      } else {
+        pl0[nh] = pl1[nh] = 0u;
       }
     }
 
-    // ---- O += P V: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9}, channels gq*D/8 + nb ----
+    // ---- O^T += V^T P^T: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9} at the channels of its region
+    //      gq*D/8 + j; m-block mb takes region channels 2mb (row gq) and 2mb + 1 (row gq + 8) ----
     {
       const uint32_t svV = smem_u32(sb + p.vals_off[1]);
       uint32_t vm[4];
@@ -821,10 +875,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (16 * warp + xv) * W)[gq];
         else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (16 * warp + xv) * W)[gq];
       }
-      // two halves of the channel blocks keep only 16 fragment registers live
+      // two halves of the region keep only 16 gathered registers live
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        constexpr int HN = NNB / 2;
+        constexpr int HN = D / 16;
         uint32_t vb0[HN], vb1[HN];
         Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
         Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
@@ -833,13 +887,16 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
         }
 #pragma unroll
-        for (int i = 0; i < HN; ++i) {
-          const int nb = half * HN + i;
-          float z2 = 0.f, z3 = 0.f;
-          float& c2 = GBIG ? oacc[nb][GBIG ? 2 : 0] : z2;
-          float& c3 = GBIG ? oacc[nb][GBIG ? 3 : 1] : z3;
-          mma16816<BF16>(oacc[nb][0], oacc[nb][1], c2, c3, pa0, pa1, pa2, pa3, vb0[i], vb1[i]);
-          if constexpr (BF16) mma16816<BF16>(oacc[nb][0], oacc[nb][1], c2, c3, pl0, pl1, pl2, pl3, vb0[i], vb1[i]);
+        for (int i = 0; i < HN; i += 2) {
+          const int mb = (half * HN + i) / 2;
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh) {
+            mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i], vb0[i + 1],
+                           vb1[i], vb1[i + 1], pb0[nh], pb1[nh]);
+            if constexpr (BF16)
+              mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i],
+                             vb0[i + 1], vb1[i], vb1[i + 1], pl0[nh], pl1[nh]);
+          }
         }
       }
     }
@@ -850,36 +907,29 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 
   // ---- merge the 4 warps, write this block's partial -------------------------------------------
   block_coords(p, s, h, b);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  if constexpr (GBIG) {
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  }
+#pragma unroll
+  for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+    for (int c = 0; c < 2; ++c)
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) lh[nh][c] += __shfl_xor_sync(0xffffffffu, lh[nh][c], o);
   float* fm = reinterpret_cast<float*>(smem);  // [warps][16]
   float* fl = fm + kWarps * 16;                // [warps][16]
   float* fo = fl + kWarps * 16;                // [warps][G][D]
-  if (q4 == 0) {
-    fm[warp * 16 + gq] = m0;
-    fl[warp * 16 + gq] = l0;
-    if constexpr (GBIG) {
-      fm[warp * 16 + gq + 8] = m1;
-      fl[warp * 16 + gq + 8] = l1;
-    }
-  }
-  if (gq < G) {
 #pragma unroll
-    for (int nb = 0; nb < NNB; ++nb) {
-      fo[(warp * G + gq) * D + (2 * q4) * (D / 8) + nb] = oacc[nb][0];
-      fo[(warp * G + gq) * D + (2 * q4 + 1) * (D / 8) + nb] = oacc[nb][1];
-    }
-  }
-  if constexpr (GBIG) {
-    if (gq + 8 < G) {
+  for (int nh = 0; nh < NH; ++nh) {
 #pragma unroll
-      for (int nb = 0; nb < NNB; ++nb) {
-        fo[(warp * G + gq + 8) * D + (2 * q4) * (D / 8) + nb] = oacc[nb][GBIG ? 2 : 0];
-        fo[(warp * G + gq + 8) * D + (2 * q4 + 1) * (D / 8) + nb] = oacc[nb][GBIG ? 3 : 1];
+    for (int c = 0; c < 2; ++c) {
+      const int g = 8 * nh + 2 * q4 + c;
+      if (gq == 0) {
+        fm[warp * 16 + g] = mh[nh][c];
+        fl[warp * 16 + g] = lh[nh][c];
+      }
+      if (g < G) {
+        float* dst = fo + (warp * G + g) * D + gq * (D / 8);
+#pragma unroll
+        for (int mb = 0; mb < NMB; ++mb)
+          *reinterpret_cast<float2*>(dst + 2 * mb) = make_float2(oacc[nh][mb][c], oacc[nh][mb][2 + c]);
       }
     }
   }
@@ -1010,8 +1060,26 @@ int side_mode(const CompressedSide& s, int layout) {
   return (s.k % 4 == 0 && aligned4) ? 1 : 0;
 }
 
-int side_cap_halves(int mode, int k, int D) {
-  int cap = mode == 0 ? kTile * k + 16 : (mode == 1 ? kTile * (k / 2 + 1) * 2 : kTile * D + 16);
+// Fast-path sides with k % 16 == 0 (16-byte aligned rows): token runs of k/2 words start k/2 = 0 mod 8 banks apart,
+// so the 8 tokens one gather instruction reads pile onto few banks (at k = 64 all on the same ones). A 16-byte gap
+// per token spreads them: bank-conflict simulation over random bitmaps (per 16-token warp tile, K+V gathers):
+// k = 64: 354 -> 285 wavefronts, head_dim 64 k = 32: 169 -> 136; for k % 16 != 0 the gap does not help (k = 24,
+// head_dim 64: 111 -> 151), so only k % 16 == 0 gets it. Measured (H100, same run, v9): Llama-3-8B B=32 L=8192 k=64
+// 276.9 -> 253.2 us, Llama-2-7B B=32 L=8192 1043.7 -> 936.2 us. Head_dim 64 only with D == 128: SmolLM2 k=32 gained
+// 1.5 % at B=32 L=32768 but lost 9 % at B=32 L=8192 (the larger stages cost one of 6 blocks per SM).
+// MUSTAFAR_NO_SKEW=1 turns it off (A/B switch; same results).
+bool skew_side(const CompressedSide& s, int mode, bool fast, int D) {
+  static const bool off = [] {
+    const char* v = std::getenv("MUSTAFAR_NO_SKEW");
+    return v && v[0] == '1';
+  }();
+  if (off) return false;
+  const bool aligned16 = (reinterpret_cast<uintptr_t>(s.values) % 16 == 0) && (s.val_sb % 8 == 0) && (s.val_sh % 8 == 0);
+  return fast && mode == 0 && !s.offsets && s.k % 16 == 0 && aligned16 && D == 128;
+}
+
+int side_cap_halves(int mode, int k, int D, bool skew = false) {
+  int cap = mode == 0 ? kTile * (k + (skew ? 8 : 0)) + 16 : (mode == 1 ? kTile * (k / 2 + 1) * 2 : kTile * D + 16);
   cap = cap > 16 * (D + 2) ? cap : 16 * (D + 2);  // room for a 16-token window tile
   return round_up(cap, 8);
 }
@@ -1059,8 +1127,9 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   const int D = p.D, W = D / 32;
   plan->k_mode = side_mode(p.k, p.layout);
   plan->v_mode = side_mode(p.v, p.layout);
-  const int capK = side_cap_halves(plan->k_mode, p.k.k, D);
-  const int capV = side_cap_halves(plan->v_mode, p.v.k, D);
+  const bool fast = use_fast(p, plan->k_mode, plan->v_mode);
+  const int capK = side_cap_halves(plan->k_mode, p.k.k, D, skew_side(p.k, plan->k_mode, fast, D));
+  const int capV = side_cap_halves(plan->v_mode, p.v.k, D, skew_side(p.v, plan->v_mode, fast, D));
   const int capMin = capK < capV ? capK : capV;
   int win_tile = 16 * (capMin / (16 * (D + 2)));
   if (win_tile > kTile) win_tile = kTile;
@@ -1081,7 +1150,7 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
 
   // split count: fill the SMs with as few waves as possible
-  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, use_fast(p, plan->k_mode, plan->v_mode));
+  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan->smem_bytes);
   if (e != cudaSuccess) return e;
@@ -1162,6 +1231,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.comp_start = p.comp_start;
   kp.comp_end = p.comp_end;
   kp.win_start = p.win_start;
+  const bool fast = use_fast(p, plan.k_mode, plan.v_mode);
   const CompressedSide* sides[2] = {&p.k, &p.v};
   const int modes[2] = {plan.k_mode, plan.v_mode};
   int caps[2];
@@ -1183,7 +1253,9 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     a.mode = modes[x];
     a.k = s.offsets ? D : s.k;
     a.bm_vec = bitmap_vec(s, W);
-    caps[x] = side_cap_halves(modes[x], s.k, D);
+    a.skew = skew_side(s, modes[x], fast, D) ? 1 : 0;
+    a.cpt_magic = a.skew ? (uint32_t)((0x100000000ull + (uint64_t)(s.k / 8) - 1) / (uint64_t)(s.k / 8)) : 0u;
+    caps[x] = side_cap_halves(modes[x], s.k, D, a.skew != 0);
     a.capH = caps[x];
   }
   const DenseWindow* wins[2] = {&p.k_win, &p.v_win};
@@ -1211,7 +1283,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
-  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, use_fast(p, plan.k_mode, plan.v_mode));
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, fast);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;
