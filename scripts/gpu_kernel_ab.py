@@ -14,8 +14,9 @@ from kernel.format import Chunk
 
 CASES = [("llama3-8b", 32, 8192, 0.7), ("llama3-8b", 32, 8192, 0.5), ("llama2-7b", 8, 8192, 0.7),
          ("smollm2", 8, 32768, 0.7), ("llama3-8b", 1, 4096, 0.7), ("llama3-8b", 1, 131072, 0.7)]
-if os.environ.get("AB_CASES"):  # e.g. "llama3-8b:8:32768:0.7:10,llama2-7b:1:131072:0.7:20" (last field: splits, 0 = auto)
-    CASES = [tuple(f(x) for f, x in zip((str, int, int, float, int), c.split(":")))
+if os.environ.get("AB_CASES"):  # e.g. "llama3-8b:8:32768:0.7:10,llama2-7b:1:131072:0.7:20:2" (then: splits, stages;
+    # 0 or absent = automatic)
+    CASES = [tuple(f(x) for f, x in zip((str, int, int, float, int, int), c.split(":")))
              for c in os.environ["AB_CASES"].split(",")]
 
 
@@ -30,12 +31,13 @@ def main():
     for case in CASES:
         shape, b, l, s = case[:4]
         splits = case[4] if len(case) > 4 else 0
+        stages = case[5] if len(case) > 5 else 0
         c = build_fixed_case(shape, b, l, s)
         hq, h, d = SHAPES[shape]
         t = timer.median_us(lambda: _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"],
-                                                    WINDOW, c["scale"], num_splits=splits))
+                                                    WINDOW, c["scale"], num_splits=splits, num_stages=stages))
         out = _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"], WINDOW, c["scale"],
-                              num_splits=splits)
+                              num_splits=splits, num_stages=stages)
         ref = torch_sparse_decode_attention(c["q"][:1].float(), _rows(c["k_chunk"]), _rows(c["v_chunk"]),
                                             c["k_win"][:1].float(), c["v_win"][:1].float(), WINDOW, c["scale"])[0]
         err = rel_err(out[:1].float(), ref)
@@ -43,7 +45,7 @@ def main():
         td = timer.median_us(lambda: F.scaled_dot_product_attention(q4, c["K"], c["V"], scale=c["scale"],
                                                                     enable_gqa=True))
         print(f"AB {label:12s} {shape:10s} B={b:<3d} L={l:<7d} s={s} sparse {t:8.1f} us dense {td:8.1f} us "
-              f"speedup {td / t:5.2f} err {err:.1e} plan {plan_info(c['q'], c['k_chunk'], splits)}", flush=True)
+              f"speedup {td / t:5.2f} err {err:.1e} plan {plan_info(c['q'], c['k_chunk'], splits, stages)}", flush=True)
         del c
         torch.cuda.empty_cache()
 

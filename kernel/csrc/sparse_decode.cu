@@ -110,6 +110,46 @@ __device__ __forceinline__ void cp_async_wait_stages(int ns) {  // allow ns - 2 
   else cp_async_wait<2>();
 }
 
+// sm_90 bulk copies (TMA engine, no tensor map): one instruction moves a contiguous run global -> shared and
+// signals an mbarrier with its byte count. MUSTAFAR_BULK is 1 in the sm_90 device pass only; elsewhere the fast
+// path stages with cp.async as before.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MUSTAFAR_NO_BULK)
+#define MUSTAFAR_BULK 1
+#else
+#define MUSTAFAR_BULK 0
+#endif
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if MUSTAFAR_BULK
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_init_fence() {
+#if MUSTAFAR_BULK
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if MUSTAFAR_BULK
+  uint32_t done = 0;
+  do {
+    asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (!done);
+#endif
+}
+#if MUSTAFAR_BULK
+__device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+#endif
+
 template <bool BF16>
 __device__ __forceinline__ void mma16816(float& d0, float& d1, float& d2, float& d3, uint32_t a0, uint32_t a1,
                                          uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -492,7 +532,8 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
-template <int D, bool BF16, bool GBIG, bool PRED, bool FAST>
+// FAST: 0 general staging, 1 fast path (cp.async), 2 fast path with sm_90 bulk copies (cp.async on other archs)
+template <int D, bool BF16, bool GBIG, bool PRED, int FAST>
 __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_BLOCKS_D64 : MUSTAFAR_MIN_BLOCKS)) split_kernel(const __grid_constant__ KParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int W = D / 32;
@@ -528,6 +569,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 
   // ---- per-side runtime descriptors (shared memory: keeps them out of the registers) ----------
   __shared__ SideRT sd[2];
+  __shared__ uint64_t mbar[4];  // bulk staging: one mbarrier per stage slot (sm_90 fast path)
   if (tid < 2) {
     const int x = tid;
     SideRT r;
@@ -569,6 +611,12 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     r.tpi = kThreads / r.wpt;
     sd[x] = r;
   }
+  const bool fast = FAST != 0 && !is_win;
+  const bool bulk = MUSTAFAR_BULK && FAST == 2 && !is_win;
+  if (bulk && tid == 0) {
+    for (int i = 0; i < p.ns; ++i) mbar_init(smem_u32(&mbar[i]), 1);
+    mbar_init_fence();
+  }
   __syncthreads();
 
   // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
@@ -594,11 +642,75 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   // Fast path (FAST kernels, compressed blocks): both sides fixed-k natural images with vector-copyable bitmap rows.
   // Straight-line staging: one bitmap row per thread (side tid / 64, token tid % 64) and the value runs as 16-byte
   // chunks with 32-bit offsets (the zero-filling cp.async form sizes the run's last chunk).
-  const bool fast = FAST && !is_win;
   auto stage_fast = [&](int j, int slot) {
     unsigned char* sb = smem + slot * p.stage_bytes;
     const int t0 = tbeg + j * kTile;
     const int nt = min(kTile, ntok - j * kTile);
+#if MUSTAFAR_BULK
+    if (bulk) {
+    // sm_90: bulk copies signalled on the slot's mbarrier (thread 0 posts the byte count); the bitmaps of both sides
+    // as one run each where rows are contiguous 16-byte rows, each side's value run as one run of whole 16-byte
+    // chunks (skewed sides: one run per token) and its last partial chunk with a sized cp.async
+    {
+      const uint32_t bar = smem_u32(&mbar[slot]);
+      const bool bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
+      if (tid == 0) {
+        uint32_t bytes = bm_bulk ? 2u * nt * 16u : 0u;
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          const int k = sd[x].k;
+          const int mis = (int)(reinterpret_cast<uintptr_t>(sd[x].vals + 2 * (int64_t)t0 * k) & 15);
+          if (!sd[x].skew) bytes += (uint32_t)((2 * nt * k + mis) & ~15);
+        }
+        mbar_arrive_expect(bar, bytes);
+        if (bm_bulk) {
+#pragma unroll
+          for (int x = 0; x < 2; ++x)
+            bulk_g2s(smem_u32(sb + p.bm_off[x]), sd[x].bm + (int64_t)t0 * 4, 16u * nt, bar);
+        }
+      }
+      if (bm_bulk) {
+        if (tid < 2 * kTile) {
+          const int x = tid >> 6, t = tid & (kTile - 1);
+          if (t >= nt) *reinterpret_cast<uint4*>(sb + p.bm_off[x] + 16 * t) = make_uint4(0u, 0u, 0u, 0u);
+        }
+      } else {
+        const int x = tid >> 6, t = tid & (kTile - 1);
+        int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
+        if (t < nt) {
+          const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
+          if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
+          else cp_async8_full(sbm + t * W, src);
+        } else {
+#pragma unroll
+          for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+        }
+      }
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        const int k = sd[x].k;
+        const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
+        const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
+        unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
+        if (sd[x].skew) {  // cp.async 16-byte chunks, token t's chunks t chunks further on (one bulk copy per token
+                           // was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
+          const int nch = nt * (k >> 3);
+          const uint32_t mg = sd[x].cpt_magic;
+          const char* src = a + 16 * tid;
+          for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
+            cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
+        } else {
+          const int tot = 2 * nt * k + mis;
+          const int full = tot & ~15;
+          if (tid == 0 && full > 0) bulk_g2s(smem_u32(sv), a - mis, (uint32_t)full, bar);
+          if (tid == 32 && (tot & 15)) cp_async16(sv + full, a - mis + full, tot & 15);
+        }
+        if (tid == 0) info[slot * 2 + x] = sd[x].skew ? 0 : mis >> 1;
+      }
+      return;
+    }
+    }
+#endif
     {
       const int x = tid >> 6, t = tid & (kTile - 1);
       int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
@@ -714,8 +826,13 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   }
 
   int rslot = 0;  // stage slot of tile it (it % ns, without the division)
+  uint32_t mphase = 0;  // bulk staging: parity of each slot's mbarrier phase to wait for
   for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
     cp_async_wait_stages(ns);
+    if (bulk) {
+      mbar_wait(smem_u32(&mbar[rslot]), (mphase >> rslot) & 1u);
+      mphase ^= 1u << rslot;
+    }
     __syncthreads();
     if (it + ns - 1 < ntiles) stage(it + ns - 1, rslot == 0 ? ns - 1 : rslot - 1);
     cp_async_commit();
@@ -975,20 +1092,24 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 using SplitFn = void (*)(KParams);
 
 template <int D, bool BF16, bool GBIG>
-SplitFn split_fn(bool pred, bool fast) {
-  if (fast) return split_kernel<D, BF16, GBIG, true, true>;  // the fast path exists for the default gather only
-  return pred ? split_kernel<D, BF16, GBIG, true, false> : split_kernel<D, BF16, GBIG, false, false>;
+SplitFn split_fn(bool pred, int fast) {
+  if (fast == 2) return split_kernel<D, BF16, GBIG, true, 2>;  // the fast paths exist for the default gather only
+  if (fast == 1) return split_kernel<D, BF16, GBIG, true, 1>;
+  return pred ? split_kernel<D, BF16, GBIG, true, 0> : split_kernel<D, BF16, GBIG, false, 0>;
 }
 
-SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast) {
+// fast: the fast staging path applies (use_fast); bulk: its sm_90 bulk-copy form. Bulk copies only with 3 or more
+// stages: measured (H100, same run) Llama-3-8B B=32 L=8192 70 % (3 stages) 215 -> 204 us, but 50 % (k = 64,
+// 2 stages) 254 -> 278 us (the copies' longer latency shows with one tile of lookahead).
+SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast, int num_stages) {
   const bool pred = gather == 0;
-  fast = fast && pred;
+  const int f = (fast && pred) ? (num_stages >= 3 ? 2 : 1) : 0;
   if (D == 128) {
-    if (bf16) return gbig ? split_fn<128, true, true>(pred, fast) : split_fn<128, true, false>(pred, fast);
-    return gbig ? split_fn<128, false, true>(pred, fast) : split_fn<128, false, false>(pred, fast);
+    if (bf16) return gbig ? split_fn<128, true, true>(pred, f) : split_fn<128, true, false>(pred, f);
+    return gbig ? split_fn<128, false, true>(pred, f) : split_fn<128, false, false>(pred, f);
   }
-  if (bf16) return gbig ? split_fn<64, true, true>(pred, fast) : split_fn<64, true, false>(pred, fast);
-  return gbig ? split_fn<64, false, true>(pred, fast) : split_fn<64, false, false>(pred, fast);
+  if (bf16) return gbig ? split_fn<64, true, true>(pred, f) : split_fn<64, true, false>(pred, f);
+  return gbig ? split_fn<64, false, true>(pred, f) : split_fn<64, false, false>(pred, f);
 }
 
 // Bitmap rows of a side can be staged with one (D/8)-byte cp.async per token.
@@ -1150,7 +1271,7 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
 
   // split count: fill the SMs with as few waves as possible
-  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast);
+  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast, ns);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan->smem_bytes);
   if (e != cudaSuccess) return e;
@@ -1283,7 +1404,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
-  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, fast);
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, fast, plan.num_stages);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;
