@@ -5,15 +5,19 @@
 //   slice of the row's compressed tokens [comp_start, comp_end); block s == num_splits handles the dense window.
 //   Launch order (block_coords): blockIdx = (s, h, b), or, where the grid overflows one wave of block slots,
 //   all split blocks first and the short window blocks last (KParams::win_last).
-//   A block streams its tokens in tiles of 64 (16 per warp) through shared memory with cp.async
-//   (2-4 stages): the tile's bitmaps, offsets (variable mode) and its contiguous value run (fixed mode
-//   k % 4 != 0 and variable mode: an exact 16-byte-chunk image; fixed mode k % 4 == 0: one padded row per
-//   token, so token rows start in different banks).
+//   A block streams its tokens in tiles of 64 (16 per warp) through shared memory (2-4 stages): the tile's bitmaps,
+//   offsets (variable mode) and its contiguous value run (fixed mode k % 4 != 0 and variable mode: an exact
+//   16-byte-chunk image; fixed mode k % 4 == 0 with layout 2: one padded row per token). The fast path (both sides
+//   fixed-k images, the cache's layout) stages with straight-line cp.async code, or on sm_90 with 3+ stages with
+//   bulk copies (cp.async.bulk + one mbarrier per stage); with k % 16 == 0 (head_dim 128) token runs are staged 16
+//   bytes apart, which spreads the gathers over the shared-memory banks.
 //   Each warp then builds a per-token table of value positions (a popcount prefix per 16/8 channels) and
-//   gathers values straight into tensor-core fragments: S = Q K^T and O += P V with mma.m16n8k16
-//   (fp32 accumulators; M = query heads of the group padded to 16, N = 8 tokens / 8 channels).
-//   The channel order inside the contraction is permuted per lane (lane quad q owns a contiguous channel
-//   range), so a lane's fragment registers come from one bitmap word; the same permutation is applied to Q.
+//   gathers values straight into tensor-core fragments, mma.m16n8k16 with fp32 accumulators:
+//     S^T = K Q^T with M = the warp's 16 tokens, N = 8 query heads (two n8 blocks when G > 8), and
+//     O^T += V^T P^T with M = 16 channels, N = the heads; P^T comes from the S^T accumulators by an 8x8 transpose
+//   (movmatrix). The channel order inside the Q.K contraction is permuted per lane quad (lane quad q owns a
+//   contiguous channel range), so a lane's fragment registers come from one bitmap word; Q carries the same
+//   permutation.
 //   Online softmax in the log2 domain; the 4 warps merge in shared memory; each block writes one partial
 //   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
 //   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
@@ -649,8 +653,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 #if MUSTAFAR_BULK
     if (bulk) {
     // sm_90: bulk copies signalled on the slot's mbarrier (thread 0 posts the byte count); the bitmaps of both sides
-    // as one run each where rows are contiguous 16-byte rows, each side's value run as one run of whole 16-byte
-    // chunks (skewed sides: one run per token) and its last partial chunk with a sized cp.async
+    // as one run each where rows are contiguous 16-byte rows, each unskewed side's value run as one run of whole
+    // 16-byte chunks plus its last partial chunk with a sized cp.async; skewed sides with cp.async
     {
       const uint32_t bar = smem_u32(&mbar[slot]);
       const bool bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
