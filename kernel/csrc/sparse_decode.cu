@@ -644,20 +644,21 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   unsigned short* table = reinterpret_cast<unsigned short*>(smem + p.table_off);
 
   // Fast path (FAST kernels, compressed blocks): both sides fixed-k natural images with vector-copyable bitmap rows.
-  // Straight-line staging: one bitmap row per thread (side tid / 64, token tid % 64) and the value runs as 16-byte
-  // chunks with 32-bit offsets (the zero-filling cp.async form sizes the run's last chunk).
+  // Straight-line staging: one bitmap row per thread and the value runs as 16-byte chunks with 32-bit offsets, or
+  // (FAST == 2, sm_90) bulk copies.
   auto stage_fast = [&](int j, int slot) {
     unsigned char* sb = smem + slot * p.stage_bytes;
     const int t0 = tbeg + j * kTile;
     const int nt = min(kTile, ntok - j * kTile);
+    // sm_90 bulk form: bulk copies signalled on the slot's mbarrier (thread 0 posts the stage's byte count): the
+    // bitmaps of both sides as one run each where rows are contiguous 16-byte rows, each unskewed side's value run
+    // as one run of whole 16-byte chunks plus its last partial chunk with a sized cp.async; skewed sides and the
+    // other bitmap layouts with cp.async as in the plain form
+    bool bm_bulk = false;
 #if MUSTAFAR_BULK
+    const uint32_t bar = smem_u32(&mbar[slot]);
     if (bulk) {
-    // sm_90: bulk copies signalled on the slot's mbarrier (thread 0 posts the byte count); the bitmaps of both sides
-    // as one run each where rows are contiguous 16-byte rows, each unskewed side's value run as one run of whole
-    // 16-byte chunks plus its last partial chunk with a sized cp.async; skewed sides with cp.async
-    {
-      const uint32_t bar = smem_u32(&mbar[slot]);
-      const bool bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
+      bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
       if (tid == 0) {
         uint32_t bytes = bm_bulk ? 2u * nt * 16u : 0u;
 #pragma unroll
@@ -673,58 +674,18 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
             bulk_g2s(smem_u32(sb + p.bm_off[x]), sd[x].bm + (int64_t)t0 * 4, 16u * nt, bar);
         }
       }
-      if (bm_bulk) {
-        if (tid < 2 * kTile) {
-          const int x = tid >> 6, t = tid & (kTile - 1);
-          if (t >= nt) *reinterpret_cast<uint4*>(sb + p.bm_off[x] + 16 * t) = make_uint4(0u, 0u, 0u, 0u);
-        }
-      } else {
-        const int x = tid >> 6, t = tid & (kTile - 1);
-        int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
-        if (t < nt) {
-          const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
-          if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
-          else cp_async8_full(sbm + t * W, src);
-        } else {
-#pragma unroll
-          for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
-        }
-      }
-#pragma unroll
-      for (int x = 0; x < 2; ++x) {
-        const int k = sd[x].k;
-        const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
-        const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
-        unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
-        if (sd[x].skew) {  // cp.async 16-byte chunks, token t's chunks t chunks further on (one bulk copy per token
-                           // was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
-          const int nch = nt * (k >> 3);
-          const uint32_t mg = sd[x].cpt_magic;
-          const char* src = a + 16 * tid;
-          for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
-            cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
-        } else {
-          const int tot = 2 * nt * k + mis;
-          const int full = tot & ~15;
-          if (tid == 0 && full > 0) bulk_g2s(smem_u32(sv), a - mis, (uint32_t)full, bar);
-          if (tid == 32 && (tot & 15)) cp_async16(sv + full, a - mis + full, tot & 15);
-        }
-        if (tid == 0) info[slot * 2 + x] = sd[x].skew ? 0 : mis >> 1;
-      }
-      return;
-    }
     }
 #endif
-    {
+    {  // bitmaps: one row per thread (side tid / 64, token tid % 64); rows past the tile's end are zero
       const int x = tid >> 6, t = tid & (kTile - 1);
       int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
-      if (t < nt) {
+      if (t >= nt) {
+#pragma unroll
+        for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+      } else if (!bm_bulk) {
         const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
         if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
         else cp_async8_full(sbm + t * W, src);
-      } else {
-#pragma unroll
-        for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
       }
     }
 #pragma unroll
@@ -736,11 +697,18 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       const int tot = 2 * nt * k + mis;
       unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
       const char* src = a0 + 16 * tid;
-      if (sd[x].skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on
+      if (sd[x].skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk
+                         // copy per token was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
         const int nch = nt * (k >> 3);
         const uint32_t mg = sd[x].cpt_magic;
         for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
           cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
+#if MUSTAFAR_BULK
+      } else if (bulk) {
+        const int full = tot & ~15;
+        if (tid == 0 && full > 0) bulk_g2s(smem_u32(sv), a0, (uint32_t)full, bar);
+        if (tid == 32 && (tot & 15)) cp_async16(sv + full, a0 + full, tot & 15);
+#endif
       } else {
         // (the src-size form for every chunk: measured faster than full-form copies plus a sized last chunk)
         const int nch = (tot + 15) >> 4;
