@@ -650,28 +650,37 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     unsigned char* sb = smem + slot * p.stage_bytes;
     const int t0 = tbeg + j * kTile;
     const int nt = min(kTile, ntok - j * kTile);
-    // sm_90 bulk form: bulk copies signalled on the slot's mbarrier (thread 0 posts the stage's byte count): the
-    // bitmaps of both sides as one run each where rows are contiguous 16-byte rows, each unskewed side's value run
-    // as one run of whole 16-byte chunks plus its last partial chunk with a sized cp.async; skewed sides and the
-    // other bitmap layouts with cp.async as in the plain form
+    // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
+    // (the bitmaps of both sides as one run each where rows are contiguous 16-byte rows; each unskewed side's value
+    // run as one run of whole 16-byte chunks, its partial last chunk as a sized cp.async), so the other warps skip
+    // the address math; skewed sides and the other bitmap layouts are staged by all threads as in the plain form
     bool bm_bulk = false;
 #if MUSTAFAR_BULK
-    const uint32_t bar = smem_u32(&mbar[slot]);
     if (bulk) {
       bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
       if (tid == 0) {
+        const uint32_t bar = smem_u32(&mbar[slot]);
+        const char* a0[2];
+        int tot[2];
         uint32_t bytes = bm_bulk ? 2u * nt * 16u : 0u;
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
-          const int k = sd[x].k;
-          const int mis = (int)(reinterpret_cast<uintptr_t>(sd[x].vals + 2 * (int64_t)t0 * k) & 15);
-          if (!sd[x].skew) bytes += (uint32_t)((2 * nt * k + mis) & ~15);
+          const char* a = sd[x].vals + 2 * (int64_t)t0 * sd[x].k;
+          const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
+          a0[x] = a - mis;
+          tot[x] = 2 * nt * sd[x].k + mis;
+          if (!sd[x].skew) bytes += (uint32_t)(tot[x] & ~15);
+          info[slot * 2 + x] = mis >> 1;
         }
         mbar_arrive_expect(bar, bytes);
-        if (bm_bulk) {
 #pragma unroll
-          for (int x = 0; x < 2; ++x)
-            bulk_g2s(smem_u32(sb + p.bm_off[x]), sd[x].bm + (int64_t)t0 * 4, 16u * nt, bar);
+        for (int x = 0; x < 2; ++x) {
+          if (bm_bulk) bulk_g2s(smem_u32(sb + p.bm_off[x]), sd[x].bm + (int64_t)t0 * 4, 16u * nt, bar);
+          if (sd[x].skew) continue;
+          unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
+          const int full = tot[x] & ~15;
+          if (full > 0) bulk_g2s(smem_u32(sv), a0[x], (uint32_t)full, bar);
+          if (tot[x] & 15) cp_async16(sv + full, a0[x] + full, tot[x] & 15);
         }
       }
     }
@@ -690,11 +699,11 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     }
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
+      if (bulk && !sd[x].skew) continue;  // staged by thread 0 above
       const int k = sd[x].k;
       const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
       const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
       const char* a0 = a - mis;
-      const int tot = 2 * nt * k + mis;
       unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
       const char* src = a0 + 16 * tid;
       if (sd[x].skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk
@@ -703,14 +712,9 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         const uint32_t mg = sd[x].cpt_magic;
         for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
           cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
-#if MUSTAFAR_BULK
-      } else if (bulk) {
-        const int full = tot & ~15;
-        if (tid == 0 && full > 0) bulk_g2s(smem_u32(sv), a0, (uint32_t)full, bar);
-        if (tid == 32 && (tot & 15)) cp_async16(sv + full, a0 + full, tot & 15);
-#endif
       } else {
         // (the src-size form for every chunk: measured faster than full-form copies plus a sized last chunk)
+        const int tot = 2 * nt * k + mis;
         const int nch = (tot + 15) >> 4;
         unsigned char* dst = sv + 16 * tid;
         for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads, dst += 16 * kThreads) {
@@ -718,7 +722,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           cp_async16(dst, src, rem < 16 ? rem : 16);
         }
       }
-      if (tid == 0) info[slot * 2 + x] = mis >> 1;
+      if (tid == 0 && !bulk) info[slot * 2 + x] = mis >> 1;
     }
   };
   auto stage = [&](int j, int slot) {
