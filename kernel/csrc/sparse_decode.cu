@@ -1159,11 +1159,11 @@ int side_mode(const CompressedSide& s, int layout) {
 
 // Fast-path sides with k % 16 == 0 (16-byte aligned rows): token runs of k/2 words start k/2 = 0 mod 8 banks apart,
 // so the 8 tokens one gather instruction reads pile onto few banks (at k = 64 all on the same ones). A 16-byte gap
-// per token spreads them: bank-conflict simulation over random bitmaps (per 16-token warp tile, K+V gathers):
-// k = 64: 354 -> 285 wavefronts, head_dim 64 k = 32: 169 -> 136; for k % 16 != 0 the gap does not help (k = 24,
-// head_dim 64: 111 -> 151), so only k % 16 == 0 gets it. Measured (H100, same run, v9): Llama-3-8B B=32 L=8192 k=64
-// 276.9 -> 253.2 us, Llama-2-7B B=32 L=8192 1043.7 -> 936.2 us. Head_dim 64 only with D == 128: SmolLM2 k=32 gained
-// 1.5 % at B=32 L=32768 but lost 9 % at B=32 L=8192 (the larger stages cost one of 6 blocks per SM).
+// per token spreads them: scripts/bank_conflict_sim.py (random bitmaps, K+V gather wavefronts per 16-token warp
+// tile) gives k = 64: 354 -> 286, head_dim 64 k = 32: 167 -> 135; for k % 16 != 0 the gap does not help (head_dim 64
+// k = 24: 111 -> 153), so only k % 16 == 0 gets it. Measured (H100, same run, v9): Llama-3-8B B=32 L=8192 k=64
+// 276.9 -> 253.2 us, Llama-2-7B B=32 L=8192 1043.7 -> 936.2 us. Head_dim 128 only: SmolLM2 k=32 gained 1.5 % at
+// B=32 L=32768 but lost 9 % at B=32 L=8192 (the larger stages cost one of 6 blocks per SM).
 // MUSTAFAR_NO_SKEW=1 turns it off (A/B switch; same results).
 bool skew_side(const CompressedSide& s, int mode, bool fast, int D) {
   static const bool off = [] {
