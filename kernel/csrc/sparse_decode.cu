@@ -1225,8 +1225,13 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   plan->k_mode = side_mode(p.k, p.layout);
   plan->v_mode = side_mode(p.v, p.layout);
   const bool fast = use_fast(p, plan->k_mode, plan->v_mode);
-  const int capK = side_cap_halves(plan->k_mode, p.k.k, D, skew_side(p.k, plan->k_mode, fast, D));
-  const int capV = side_cap_halves(plan->v_mode, p.v.k, D, skew_side(p.v, plan->v_mode, fast, D));
+  plan->fast = fast ? 1 : 0;
+  plan->skew[0] = skew_side(p.k, plan->k_mode, fast, D) ? 1 : 0;
+  plan->skew[1] = skew_side(p.v, plan->v_mode, fast, D) ? 1 : 0;
+  const int capK = side_cap_halves(plan->k_mode, p.k.k, D, plan->skew[0] != 0);
+  const int capV = side_cap_halves(plan->v_mode, p.v.k, D, plan->skew[1] != 0);
+  plan->cap_halves[0] = capK;
+  plan->cap_halves[1] = capV;
   const int capMin = capK < capV ? capK : capV;
   int win_tile = 16 * (capMin / (16 * (D + 2)));
   if (win_tile > kTile) win_tile = kTile;
@@ -1328,10 +1333,9 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.comp_start = p.comp_start;
   kp.comp_end = p.comp_end;
   kp.win_start = p.win_start;
-  const bool fast = use_fast(p, plan.k_mode, plan.v_mode);
   const CompressedSide* sides[2] = {&p.k, &p.v};
   const int modes[2] = {plan.k_mode, plan.v_mode};
-  int caps[2];
+  const int* caps = plan.cap_halves;
   for (int x = 0; x < 2; ++x) {
     const CompressedSide& s = *sides[x];
     SideArgs& a = kp.side[x];
@@ -1350,9 +1354,8 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     a.mode = modes[x];
     a.k = s.offsets ? D : s.k;
     a.bm_vec = bitmap_vec(s, W);
-    a.skew = skew_side(s, modes[x], fast, D) ? 1 : 0;
+    a.skew = plan.skew[x];
     a.cpt_magic = a.skew ? (uint32_t)((0x100000000ull + (uint64_t)(s.k / 8) - 1) / (uint64_t)(s.k / 8)) : 0u;
-    caps[x] = side_cap_halves(modes[x], s.k, D, a.skew != 0);
     a.capH = caps[x];
   }
   const DenseWindow* wins[2] = {&p.k_win, &p.v_win};
@@ -1380,7 +1383,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
-  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, fast, plan.num_stages);
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, plan.fast != 0, plan.num_stages);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;
