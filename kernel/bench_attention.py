@@ -216,7 +216,7 @@ def _case_bytes(hq, h, d, b, l):
 
 
 def plan_info(q, k_chunk, num_splits=0, num_stages=0, layout=0, gather=0):
-    """(num_splits, num_stages, smem_bytes, win_tile, k_mode, v_mode, blocks_per_sm) the kernel would use."""
+    """(num_splits, num_stages, smem_bytes, win_tile, k_mode, v_mode, blocks_per_sm, tile) the kernel would use."""
     from kernel import cuda_ext
 
     kk = int(k_chunk.k or 0)
@@ -399,7 +399,7 @@ def run_benchmark(cases: list[dict], out_dir: str, reps: int = 30, check_rows: i
                      pct_copy_bw=round(100 * sparse_bytes / t_sparse / 1e3 / copy_gbs, 1),
                      rho=round(sparse_bytes / dense_bytes, 4), ceiling=round(dense_bytes / sparse_bytes, 3),
                      rel_err=float(f"{err:.3g}"), splits=plan[0], stages=plan[1], smem=plan[2],
-                     blocks_per_sm=plan[6], sparse_us_rounds=[round(x, 2) for x in t_sparse_r],
+                     blocks_per_sm=plan[6], tile=plan[7], sparse_us_rounds=[round(x, 2) for x in t_sparse_r],
                      simulated_us_rounds=[round(x, 2) for x in t_sim_r])
             group_rows.append(r)
             del kb, kv, vb, vv, k_chunk, v_chunk, out, ref
@@ -415,7 +415,7 @@ def run_benchmark(cases: list[dict], out_dir: str, reps: int = 30, check_rows: i
             print(f"{shape:10s} B={b:3d} L={l:6d} s={r['sparsity']:.1f} dense {t_dense:8.1f} us  sparse {t_sparse:8.1f} "
                   f"us  sim {t_sim:8.1f} us  x{r['speedup']:.2f} (ceil {r['ceiling']:.2f})  {r['sparse_gbs']:7.0f} "
                   f"GB/s {r['pct_copy_bw']:5.1f}%  err {r['rel_err']:.1e}  [splits {r['splits']} stages "
-                  f"{r['stages']} occ {r['blocks_per_sm']}]" + (f"  (rounds differ by {100 * (spread - 1):.0f} %)"
+                  f"{r['stages']} tile {r['tile']} occ {r['blocks_per_sm']}]" + (f"  (rounds differ by {100 * (spread - 1):.0f} %)"
                                                                  if spread > 1.1 else ""), flush=True)
             results.append(r)
         del K, V

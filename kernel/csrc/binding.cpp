@@ -204,7 +204,7 @@ std::vector<int64_t> plan_info(const Tensor& q, const Tensor& k_bitmap, int64_t 
   cudaError_t e = mustafar::sparse_decode_plan(p, &plan, &err);
   TORCH_CHECK(e == cudaSuccess, "plan failed: ", err ? err : cudaGetErrorString(e));
   return {plan.num_splits, plan.num_stages, plan.smem_bytes, plan.win_tile, plan.k_mode, plan.v_mode,
-          plan.blocks_per_sm};
+          plan.blocks_per_sm, plan.tile};
 }
 
 }  // namespace
@@ -220,7 +220,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("win_start"), py::arg("return_lse"), py::arg("num_splits") = 0, py::arg("num_stages") = 0, py::arg("layout") = 0,
         py::arg("gather") = 0, py::arg("out") = py::none(), py::arg("lse") = py::none());
   m.def("plan_info", &plan_info,
-        "Kernel plan (num_splits, num_stages, smem_bytes, win_tile, k_mode, v_mode, blocks_per_sm)", py::arg("q"),
+        "Kernel plan (num_splits, num_stages, smem_bytes, win_tile, k_mode, v_mode, blocks_per_sm, tile)", py::arg("q"),
         py::arg("k_bitmap"), py::arg("k_k"), py::arg("k_variable"), py::arg("v_k"), py::arg("v_variable"),
         py::arg("num_splits") = 0, py::arg("num_stages") = 0, py::arg("layout") = 0, py::arg("gather") = 0);
 }

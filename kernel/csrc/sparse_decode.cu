@@ -5,7 +5,8 @@
 //   slice of the row's compressed tokens [comp_start, comp_end); block s == num_splits handles the dense window.
 //   Launch order (block_coords): blockIdx = (s, h, b), or, where the grid overflows one wave of block slots,
 //   all split blocks first and the short window blocks last (KParams::win_last).
-//   A block streams its tokens in tiles of 64 (16 per warp) through shared memory (2-4 stages): the tile's bitmaps,
+//   A block streams its tokens in tiles of 64 (16 per warp) or, on the bulk-copy fast path where two such stages fit,
+//   128 (two 16-token sub-tiles per warp) through shared memory (2-4 stages): the tile's bitmaps,
 //   offsets (variable mode) and its contiguous value run (fixed mode k % 4 != 0 and variable mode: an exact
 //   16-byte-chunk image; fixed mode k % 4 == 0 with layout 2: one padded row per token). The fast path (both sides
 //   fixed-k images, the cache's layout) stages with straight-line cp.async code, or on sm_90 with 3+ stages with
@@ -40,7 +41,8 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 64;          // tokens per block iteration (16 per warp)
+constexpr int kTile = 64;          // tokens per block iteration (16 per warp); the TB = 128 kernels take two such
+                                   // sub-tiles per stage (see split_kernel)
 constexpr int kTableBytes = kWarps * 32 * 16;
 constexpr int kSlackBytes = 32;    // after each value buffer: the branch-free gathers read one past the end
 
@@ -325,6 +327,7 @@ struct SideRT {
   int64_t bm_st, off_st, src_st_w, nvals;
   int mode, k, kst, wpt, tpi, capH;
   bool synth, bm_vec, skew;
+  bool bm_row16;  // the block's first bitmap row is 16-byte aligned (bulk copies of 8-byte rows, head_dim 64)
   uint32_t cpt_magic;
 };
 
@@ -533,11 +536,24 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
+#ifndef MUSTAFAR_SUB_UNROLL
+#define MUSTAFAR_SUB_UNROLL 1  // head_dim 128, TB = 128: sub-tile loop kept (1) or unrolled (2: 186 -> 188 us, H200)
+#endif
+#ifndef MUSTAFAR_SUB_UNROLL_D64
+#define MUSTAFAR_SUB_UNROLL_D64 2  // head_dim 64: sub-tile loop unrolled (H200: SmolLM2 B=32 L=32768 179 -> 167 us)
+#endif
+#ifndef MUSTAFAR_BM_BULK64
+#define MUSTAFAR_BM_BULK64 1  // bulk-copied 8-byte bitmap rows (head_dim 64)
+#endif
+constexpr int kSubUnroll = MUSTAFAR_SUB_UNROLL;  // (#pragma arguments are not macro-expanded)
+constexpr int kSubUnroll64 = MUSTAFAR_SUB_UNROLL_D64;
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
-// FAST: 0 general staging, 1 fast path (cp.async), 2 fast path with sm_90 bulk copies (cp.async on other archs)
-template <int D, bool BF16, bool GBIG, bool PRED, int FAST>
+// FAST: 0 general staging, 1 fast path (cp.async), 2 fast path with sm_90 bulk copies (cp.async on other archs).
+// TB: compressed tokens per stage, 64 or (FAST == 2 only) 128. With 128 each warp takes two 16-token sub-tiles per
+// stage (tokens 16 warp + 64 sub), so the per-stage costs (barrier, waits, staging) are paid once per 128 tokens.
+template <int D, bool BF16, bool GBIG, bool PRED, int FAST, int TB>
 __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_BLOCKS_D64 : MUSTAFAR_MIN_BLOCKS)) split_kernel(const __grid_constant__ KParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int W = D / 32;
@@ -567,7 +583,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     tend = min(ce, tbeg + per);
   }
   const int ntok = max(tend - tbeg, 0);
-  const int tile_n = is_win ? p.win_tile : kTile;
+  const int tile_n = is_win ? p.win_tile : TB;
   const int ntiles = (ntok + tile_n - 1) / tile_n;
   const int ns = p.ns;
 
@@ -593,6 +609,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.synth = true;
       r.bm_vec = false;
       r.skew = false;
+      r.bm_row16 = false;
       r.cpt_magic = 0;
     } else {
       const SideArgs& a = p.side[x];
@@ -609,6 +626,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.synth = false;
       r.bm_vec = a.bm_vec != 0;
       r.skew = a.skew != 0;
+      r.bm_row16 = (reinterpret_cast<uintptr_t>(r.bm + (int64_t)tbeg * a.bm_st) & 15) == 0;
       r.cpt_magic = a.cpt_magic;
     }
     r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (r.skew ? 8 : 0) : 0);
@@ -648,21 +666,25 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   // (FAST == 2, sm_90) bulk copies.
   auto stage_fast = [&](int j, int slot) {
     unsigned char* sb = smem + slot * p.stage_bytes;
-    const int t0 = tbeg + j * kTile;
-    const int nt = min(kTile, ntok - j * kTile);
+    const int t0 = tbeg + j * TB;
+    const int nt = min(TB, ntok - j * TB);
     // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
-    // (the bitmaps of both sides as one run each where rows are contiguous 16-byte rows; each unskewed side's value
-    // run as one run of whole 16-byte chunks, its partial last chunk as a sized cp.async), so the other warps skip
-    // the address math; skewed sides and the other bitmap layouts are staged by all threads as in the plain form
+    // (the bitmaps of both sides as one run each where rows are contiguous and the run starts 16-byte aligned: with
+    // 8-byte rows (head_dim 64) an odd last row goes as one cp.async; each unskewed side's value run as one run of
+    // whole 16-byte chunks, its partial last chunk as a sized cp.async), so the other warps skip the address math;
+    // skewed sides and the other bitmap layouts are staged by all threads as in the plain form
     bool bm_bulk = false;
 #if MUSTAFAR_BULK
     if (bulk) {
-      bm_bulk = W == 4 && sd[0].bm_st == 4 && sd[1].bm_st == 4;
+      // t0 - tbeg is a multiple of TB (even), so a 16-byte aligned first row keeps every tile's run aligned
+      bm_bulk = (W == 4 || MUSTAFAR_BM_BULK64) && sd[0].bm_st == W && sd[1].bm_st == W && sd[0].bm_row16 &&
+                sd[1].bm_row16;
       if (tid == 0) {
         const uint32_t bar = smem_u32(&mbar[slot]);
         const char* a0[2];
         int tot[2];
-        uint32_t bytes = bm_bulk ? 2u * nt * 16u : 0u;
+        const uint32_t bm_run = W == 4 ? 16u * nt : 16u * (nt >> 1);  // bytes of each side's bulk-copied rows
+        uint32_t bytes = bm_bulk ? 2u * bm_run : 0u;
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
           const char* a = sd[x].vals + 2 * (int64_t)t0 * sd[x].k;
@@ -675,7 +697,12 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         mbar_arrive_expect(bar, bytes);
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
-          if (bm_bulk) bulk_g2s(smem_u32(sb + p.bm_off[x]), sd[x].bm + (int64_t)t0 * 4, 16u * nt, bar);
+          if (bm_bulk) {
+            int32_t* sbm = reinterpret_cast<int32_t*>(sb + p.bm_off[x]);
+            const int32_t* src = sd[x].bm + (int64_t)t0 * W;
+            if (bm_run) bulk_g2s(smem_u32(sbm), src, bm_run, bar);
+            if (W == 2 && (nt & 1)) cp_async8_full(sbm + (nt - 1) * 2, src + (nt - 1) * 2);
+          }
           if (sd[x].skew) continue;
           unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
           const int full = tot[x] & ~15;
@@ -685,8 +712,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       }
     }
 #endif
-    {  // bitmaps: one row per thread (side tid / 64, token tid % 64); rows past the tile's end are zero
-      const int x = tid >> 6, t = tid & (kTile - 1);
+#pragma unroll
+    for (int rr = 0; rr < TB / kTile; ++rr) {  // bitmaps: one row per thread and round (side r / TB, token r % TB);
+                                              // rows past the tile's end are zero
+      const int r = tid + rr * kThreads, x = r / TB, t = r & (TB - 1);
       int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
       if (t >= nt) {
 #pragma unroll
@@ -814,186 +843,191 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     cp_async_commit();
 
     const int nt = min(tile_n, ntok - it * tile_n);
-    if (16 * warp >= nt) continue;  // warp-uniform
     const unsigned char* sb = smem + rslot * p.stage_bytes;
     const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
     const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
+    // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left)
+#pragma unroll(TB == kTile ? 1 : (D == 64 ? kSubUnroll64 : kSubUnroll))
+    for (int sub = 0; sub < TB / kTile; ++sub) {
+      const int tw = 16 * warp + kTile * sub;
+      if (tw >= nt) break;  // warp-uniform
 
-    // ---- table of value positions: lane l -> (side l / 16, token l % 16 of this warp's slice) ----
-    {
-      const int side = lane >> 4, xl = lane & 15, tl = 16 * warp + xl;
-      const int32_t* bmw = side ? sbmV : sbmK;
-      const int kst = side ? sd[1].kst : sd[0].kst;
-      const int capH = side ? sd[1].capH : sd[0].capH;
-      const int inf = info[rslot * 2 + side];
-      int base;
-      if (fast) {
-        base = tl * kst + inf;
-      } else {
-        const int mode = side ? sd[1].mode : sd[0].mode;
-        const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
-        base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
-      }
-      uint32_t e[8];
-      if constexpr (D == 128) {
-        const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
-        const int c0 = __popc(w.x), c1 = __popc(w.y), c2 = __popc(w.z), c3 = __popc(w.w);
-        // keep every read of this token inside the stage buffer, whatever the offsets say
-        base = min(max(base, 0), capH - (c0 + c1 + c2 + c3));
-        e[0] = base;
-        e[1] = base + __popc(w.x & 0xffffu);
-        e[2] = base + c0;
-        e[3] = e[2] + __popc(w.y & 0xffffu);
-        e[4] = e[2] + c1;
-        e[5] = e[4] + __popc(w.z & 0xffffu);
-        e[6] = e[4] + c2;
-        e[7] = e[6] + __popc(w.w & 0xffffu);
-      } else {
-        const uint2 w = *reinterpret_cast<const uint2*>(bmw + tl * 2);
-        const int c0 = __popc(w.x), c1 = __popc(w.y);
-        base = min(max(base, 0), capH - (c0 + c1));
-        e[0] = base;
-        e[1] = base + __popc(w.x & 0xffu);
-        e[2] = base + __popc(w.x & 0xffffu);
-        e[3] = base + __popc(w.x & 0xffffffu);
-        e[4] = base + c0;
-        e[5] = e[4] + __popc(w.y & 0xffu);
-        e[6] = e[4] + __popc(w.y & 0xffffu);
-        e[7] = e[4] + __popc(w.y & 0xffffffu);
-      }
-      *reinterpret_cast<uint4*>(table + (warp * 32 + lane) * 8) =
-          make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
-    }
-    __syncwarp();
-
-    // ---- S^T = K Q^T for the warp's 16 tokens (M = 16 tokens, N = 8 heads per head block). Lane gathers tokens gq
-    //      (kf[0]) and gq + 8 (kf[1]) of its channel region; a k16 step's A operand is (kf[0][2kb], kf[1][2kb],
-    //      kf[0][2kb+1], kf[1][2kb+1]), its B operand the Q pair of head gq. ----
-    float sacc[NH][4];
-    {
-      const uint32_t svK = smem_u32(sb + p.vals_off[0]);
-      uint32_t kf[2][D / 8];
-#pragma unroll
-      for (int jt = 0; jt < 2; ++jt) {
-        const int xk = 8 * jt + gq;
-        const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
-        uint32_t m;
-        if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(16 * warp + xk) * W + q4]);
-        else m = reinterpret_cast<const unsigned short*>(sbmK + (16 * warp + xk) * W)[q4];
-        // the region's two halves as two independent chains (shorter dependency chains)
-        uint32_t lo[D / 16], hi[D / 16];
-        Gather<0, D / 8, PRED>::token(m & ((1u << (D / 8)) - 1u), svK + 2 * (ents & 0xffffu), lo);
-        Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
-#pragma unroll
-        for (int i = 0; i < D / 16; ++i) {
-          kf[jt][i] = lo[i];
-          kf[jt][D / 16 + i] = hi[i];
-        }
-      }
-      constexpr bool TWO = !GBIG && D == 128;  // one head block, d128: a second accumulator (two mma chains of 4)
-      float s2[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s2[e] = 0.f;
-#pragma unroll
-        for (int nh = 0; nh < NH; ++nh) sacc[nh][e] = 0.f;
-      }
-#pragma unroll
-      for (int kb = 0; kb < NKB; kb += 2) {
-        if constexpr (GBIG) {
-          const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
-          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
-                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
-          mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb], kf[1][2 * kb],
-                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.z, v.w);
-          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
-                         kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.x, v2.y);
-          mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
-                         kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.z, v2.w);
+      // ---- table of value positions: lane l -> (side l / 16, token l % 16 of this warp's slice) ----
+      {
+        const int side = lane >> 4, xl = lane & 15, tl = tw + xl;
+        const int32_t* bmw = side ? sbmV : sbmK;
+        const int kst = side ? sd[1].kst : sd[0].kst;
+        const int capH = side ? sd[1].capH : sd[0].capH;
+        const int inf = info[rslot * 2 + side];
+        int base;
+        if (fast) {
+          base = tl * kst + inf;
         } else {
-          const uint4 v = sq4[(kb >> 1) * 32 + lane];
-          mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
-                         kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
-          float(&acc2)[4] = TWO ? s2 : sacc[0];
-          mma16816<BF16>(acc2[0], acc2[1], acc2[2], acc2[3], kf[0][2 * kb + 2], kf[1][2 * kb + 2], kf[0][2 * kb + 3],
-                         kf[1][2 * kb + 3], v.z, v.w);
+          const int mode = side ? sd[1].mode : sd[0].mode;
+          const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
+          base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
+        }
+        uint32_t e[8];
+        if constexpr (D == 128) {
+          const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
+          const int c0 = __popc(w.x), c1 = __popc(w.y), c2 = __popc(w.z), c3 = __popc(w.w);
+          // keep every read of this token inside the stage buffer, whatever the offsets say
+          base = min(max(base, 0), capH - (c0 + c1 + c2 + c3));
+          e[0] = base;
+          e[1] = base + __popc(w.x & 0xffffu);
+          e[2] = base + c0;
+          e[3] = e[2] + __popc(w.y & 0xffffu);
+          e[4] = e[2] + c1;
+          e[5] = e[4] + __popc(w.z & 0xffffu);
+          e[6] = e[4] + c2;
+          e[7] = e[6] + __popc(w.w & 0xffffu);
+        } else {
+          const uint2 w = *reinterpret_cast<const uint2*>(bmw + tl * 2);
+          const int c0 = __popc(w.x), c1 = __popc(w.y);
+          base = min(max(base, 0), capH - (c0 + c1));
+          e[0] = base;
+          e[1] = base + __popc(w.x & 0xffu);
+          e[2] = base + __popc(w.x & 0xffffu);
+          e[3] = base + __popc(w.x & 0xffffffu);
+          e[4] = base + c0;
+          e[5] = e[4] + __popc(w.y & 0xffu);
+          e[6] = e[4] + __popc(w.y & 0xffffu);
+          e[7] = e[4] + __popc(w.y & 0xffffffu);
+        }
+        *reinterpret_cast<uint4*>(table + (warp * 32 + lane) * 8) =
+            make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
+      }
+      __syncwarp();
+
+      // ---- S^T = K Q^T for the warp's 16 tokens (M = 16 tokens, N = 8 heads per head block). Lane gathers tokens gq
+      //      (kf[0]) and gq + 8 (kf[1]) of its channel region; a k16 step's A operand is (kf[0][2kb], kf[1][2kb],
+      //      kf[0][2kb+1], kf[1][2kb+1]), its B operand the Q pair of head gq. ----
+      float sacc[NH][4];
+      {
+        const uint32_t svK = smem_u32(sb + p.vals_off[0]);
+        uint32_t kf[2][D / 8];
+#pragma unroll
+        for (int jt = 0; jt < 2; ++jt) {
+          const int xk = 8 * jt + gq;
+          const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
+          uint32_t m;
+          if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(tw + xk) * W + q4]);
+          else m = reinterpret_cast<const unsigned short*>(sbmK + (tw + xk) * W)[q4];
+          // the region's two halves as two independent chains (shorter dependency chains)
+          uint32_t lo[D / 16], hi[D / 16];
+          Gather<0, D / 8, PRED>::token(m & ((1u << (D / 8)) - 1u), svK + 2 * (ents & 0xffffu), lo);
+          Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
+#pragma unroll
+          for (int i = 0; i < D / 16; ++i) {
+            kf[jt][i] = lo[i];
+            kf[jt][D / 16 + i] = hi[i];
+          }
+        }
+        constexpr bool TWO = !GBIG && D == 128;  // one head block, d128: a second accumulator (two mma chains of 4)
+        float s2[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s2[e] = 0.f;
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh) sacc[nh][e] = 0.f;
+        }
+#pragma unroll
+        for (int kb = 0; kb < NKB; kb += 2) {
+          if constexpr (GBIG) {
+            const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
+            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+            mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb], kf[1][2 * kb],
+                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.z, v.w);
+            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                           kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.x, v2.y);
+            mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                           kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.z, v2.w);
+          } else {
+            const uint4 v = sq4[(kb >> 1) * 32 + lane];
+            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+            float(&acc2)[4] = TWO ? s2 : sacc[0];
+            mma16816<BF16>(acc2[0], acc2[1], acc2[2], acc2[3], kf[0][2 * kb + 2], kf[1][2 * kb + 2], kf[0][2 * kb + 3],
+                           kf[1][2 * kb + 3], v.z, v.w);
+          }
+        }
+        if constexpr (TWO) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sacc[0][e] += s2[e];
         }
       }
-      if constexpr (TWO) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[0][e] += s2[e];
-      }
-    }
 
-    // ---- online softmax (log2 domain), per head over the tokens ----
-    {
-      const int vlim = nt - 16 * warp;
-      const bool va = gq < vlim, vb = gq + 8 < vlim;
+      // ---- online softmax (log2 domain), per head over the tokens ----
+      {
+        const int vlim = nt - tw;
+        const bool va = gq < vlim, vb = gq + 8 < vlim;
+#pragma unroll
+        for (int nh = 0; nh < NH; ++nh) {
+          sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
+          sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
+          sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
+          sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
+          online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
+        }
+      }
+      // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
+      // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
+      uint32_t pb0[NH], pb1[NH], pl0[NH], pl1[NH];
 #pragma unroll
       for (int nh = 0; nh < NH; ++nh) {
-        sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
-        sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
-        sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
-        sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
-        online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
-      }
-    }
-    // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
-    // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
-    uint32_t pb0[NH], pb1[NH], pl0[NH], pl1[NH];
-#pragma unroll
-    for (int nh = 0; nh < NH; ++nh) {
-      const uint32_t x0 = pack2<BF16>(sacc[nh][0], sacc[nh][1]);
-      const uint32_t x1 = pack2<BF16>(sacc[nh][2], sacc[nh][3]);
-      pb0[nh] = movm_trans(x0);
-      pb1[nh] = movm_trans(x1);
-      if constexpr (BF16) {
-        pl0[nh] = movm_trans(pack2_bf16_lo(sacc[nh][0], sacc[nh][1], x0));
-        pl1[nh] = movm_trans(pack2_bf16_lo(sacc[nh][2], sacc[nh][3], x1));
-      } else {
-        pl0[nh] = pl1[nh] = 0u;
-      }
-    }
-
-    // ---- O^T += V^T P^T: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9} at the channels of its region
-    //      gq*D/8 + j; m-block mb takes region channels 2mb (row gq) and 2mb + 1 (row gq + 8) ----
-    {
-      const uint32_t svV = smem_u32(sb + p.vals_off[1]);
-      uint32_t vm[4];
-      uint32_t vp[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
-        vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
-        if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (16 * warp + xv) * W)[gq];
-        else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (16 * warp + xv) * W)[gq];
-      }
-      // two halves of the region keep only 16 gathered registers live
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        constexpr int HN = D / 16;
-        uint32_t vb0[HN], vb1[HN];
-        Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
-        Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
-        if (half == 0) {
-#pragma unroll
-          for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+        const uint32_t x0 = pack2<BF16>(sacc[nh][0], sacc[nh][1]);
+        const uint32_t x1 = pack2<BF16>(sacc[nh][2], sacc[nh][3]);
+        pb0[nh] = movm_trans(x0);
+        pb1[nh] = movm_trans(x1);
+        if constexpr (BF16) {
+          pl0[nh] = movm_trans(pack2_bf16_lo(sacc[nh][0], sacc[nh][1], x0));
+          pl1[nh] = movm_trans(pack2_bf16_lo(sacc[nh][2], sacc[nh][3], x1));
+        } else {
+          pl0[nh] = pl1[nh] = 0u;
         }
+      }
+
+      // ---- O^T += V^T P^T: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9} at the channels of its region
+      //      gq*D/8 + j; m-block mb takes region channels 2mb (row gq) and 2mb + 1 (row gq + 8) ----
+      {
+        const uint32_t svV = smem_u32(sb + p.vals_off[1]);
+        uint32_t vm[4];
+        uint32_t vp[4];
 #pragma unroll
-        for (int i = 0; i < HN; i += 2) {
-          const int mb = (half * HN + i) / 2;
+        for (int u = 0; u < 4; ++u) {
+          const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
+          vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
+          if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (tw + xv) * W)[gq];
+          else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (tw + xv) * W)[gq];
+        }
+        // two halves of the region keep only 16 gathered registers live
 #pragma unroll
-          for (int nh = 0; nh < NH; ++nh) {
-            mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i], vb0[i + 1],
-                           vb1[i], vb1[i + 1], pb0[nh], pb1[nh]);
-            if constexpr (BF16)
-              mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i],
-                             vb0[i + 1], vb1[i], vb1[i + 1], pl0[nh], pl1[nh]);
+        for (int half = 0; half < 2; ++half) {
+          constexpr int HN = D / 16;
+          uint32_t vb0[HN], vb1[HN];
+          Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
+          Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
+          if (half == 0) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+          }
+#pragma unroll
+          for (int i = 0; i < HN; i += 2) {
+            const int mb = (half * HN + i) / 2;
+#pragma unroll
+            for (int nh = 0; nh < NH; ++nh) {
+              mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i], vb0[i + 1],
+                             vb1[i], vb1[i + 1], pb0[nh], pb1[nh]);
+              if constexpr (BF16)
+                mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i],
+                               vb0[i + 1], vb1[i], vb1[i + 1], pl0[nh], pl1[nh]);
+            }
           }
         }
       }
-    }
-    __syncwarp();  // the table is rebuilt next tile
+      __syncwarp();  // the table is rebuilt next sub-tile
+    }  // sub-tiles
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -1068,24 +1102,28 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 using SplitFn = void (*)(KParams);
 
 template <int D, bool BF16, bool GBIG>
-SplitFn split_fn(bool pred, int fast) {
-  if (fast == 2) return split_kernel<D, BF16, GBIG, true, 2>;  // the fast paths exist for the default gather only
-  if (fast == 1) return split_kernel<D, BF16, GBIG, true, 1>;
-  return pred ? split_kernel<D, BF16, GBIG, true, 0> : split_kernel<D, BF16, GBIG, false, 0>;
+SplitFn split_fn(bool pred, int fast, int tile) {
+  if (fast == 2) {  // the fast paths exist for the default gather only
+    return tile == 128 ? split_kernel<D, BF16, GBIG, true, 2, 128> : split_kernel<D, BF16, GBIG, true, 2, 64>;
+  }
+  if (fast == 1) return split_kernel<D, BF16, GBIG, true, 1, 64>;
+  return pred ? split_kernel<D, BF16, GBIG, true, 0, 64> : split_kernel<D, BF16, GBIG, false, 0, 64>;
 }
 
 // fast: the fast staging path applies (use_fast); bulk: its sm_90 bulk-copy form. Bulk copies only with 3 or more
-// stages: measured (H100, same run) Llama-3-8B B=32 L=8192 70 % (3 stages) 215 -> 204 us, but 50 % (k = 64,
-// 2 stages) 254 -> 278 us (the copies' longer latency shows with one tile of lookahead).
-SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast, int num_stages) {
+// stages of 64 tokens, or with 128-token stages (tile; 2 stages look as far ahead as 3 of 64): measured (H100, same
+// run) Llama-3-8B B=32 L=8192 70 % (3 stages) 215 -> 204 us, but 50 % (k = 64, 2 stages of 64) 254 -> 278 us (the
+// copies' longer latency shows with one 64-token tile of lookahead).
+SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast, int num_stages, int tile) {
   const bool pred = gather == 0;
-  const int f = (fast && pred) ? (num_stages >= 3 ? 2 : 1) : 0;
+  const int f = (fast && pred) ? ((num_stages >= 3 || tile > 64) ? 2 : 1) : 0;
+  const int tb = f == 2 ? tile : 64;
   if (D == 128) {
-    if (bf16) return gbig ? split_fn<128, true, true>(pred, f) : split_fn<128, true, false>(pred, f);
-    return gbig ? split_fn<128, false, true>(pred, f) : split_fn<128, false, false>(pred, f);
+    if (bf16) return gbig ? split_fn<128, true, true>(pred, f, tb) : split_fn<128, true, false>(pred, f, tb);
+    return gbig ? split_fn<128, false, true>(pred, f, tb) : split_fn<128, false, false>(pred, f, tb);
   }
-  if (bf16) return gbig ? split_fn<64, true, true>(pred, f) : split_fn<64, true, false>(pred, f);
-  return gbig ? split_fn<64, false, true>(pred, f) : split_fn<64, false, false>(pred, f);
+  if (bf16) return gbig ? split_fn<64, true, true>(pred, f, tb) : split_fn<64, true, false>(pred, f, tb);
+  return gbig ? split_fn<64, false, true>(pred, f, tb) : split_fn<64, false, false>(pred, f, tb);
 }
 
 // Bitmap rows of a side can be staged with one (D/8)-byte cp.async per token.
@@ -1175,8 +1213,8 @@ bool skew_side(const CompressedSide& s, int mode, bool fast, int D) {
   return fast && mode == 0 && !s.offsets && s.k % 16 == 0 && aligned16 && D == 128;
 }
 
-int side_cap_halves(int mode, int k, int D, bool skew = false) {
-  int cap = mode == 0 ? kTile * (k + (skew ? 8 : 0)) + 16 : (mode == 1 ? kTile * (k / 2 + 1) * 2 : kTile * D + 16);
+int side_cap_halves(int mode, int k, int D, bool skew, int tile) {
+  int cap = mode == 0 ? tile * (k + (skew ? 8 : 0)) + 16 : (mode == 1 ? tile * (k / 2 + 1) * 2 : tile * D + 16);
   cap = cap > 16 * (D + 2) ? cap : 16 * (D + 2);  // room for a 16-token window tile
   return round_up(cap, 8);
 }
@@ -1228,67 +1266,94 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   plan->fast = fast ? 1 : 0;
   plan->skew[0] = skew_side(p.k, plan->k_mode, fast, D) ? 1 : 0;
   plan->skew[1] = skew_side(p.v, plan->v_mode, fast, D) ? 1 : 0;
-  const int capK = side_cap_halves(plan->k_mode, p.k.k, D, plan->skew[0] != 0);
-  const int capV = side_cap_halves(plan->v_mode, p.v.k, D, plan->skew[1] != 0);
-  plan->cap_halves[0] = capK;
-  plan->cap_halves[1] = capV;
-  const int capMin = capK < capV ? capK : capV;
-  int win_tile = 16 * (capMin / (16 * (D + 2)));
-  if (win_tile > kTile) win_tile = kTile;
-  if (win_tile < 16) win_tile = 16;
-  plan->win_tile = win_tile;
-  const int stage = round_up(2 * capK + kSlackBytes, 16) + round_up(2 * capV + kSlackBytes, 16) + 2 * kTile * W * 4 +
-                    2 * kTile * 4;
-  int ns = p.num_stages;
-  // three stages where they still leave room for MUSTAFAR_MIN_BLOCKS blocks per SM (52 KB each for 4)
-  constexpr int kStageBudget = (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024;
-  if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= kStageBudget) ? 3 : 2;
-  if (ns < 2) ns = 2;
-  if (ns > 4) ns = 4;
-  plan->num_stages = ns;
-  const int total = ns * stage + 64 + kTableBytes;
-  const int merge_need = 2 * kWarps * 16 * 4 + kWarps * p.G * D * 4;
-  plan->smem_bytes = total > merge_need ? total : merge_need;
-  if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
-
-  // split count: fill the SMs with as few waves as possible
-  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast, ns);
-  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       plan->smem_bytes);
-  if (e != cudaSuccess) return e;
-  e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
-                           cudaSharedmemCarveoutMaxShared);
-  if (e != cudaSuccess) return e;
-  int occ = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, reinterpret_cast<const void*>(fn), kThreads, plan->smem_bytes);
-  if (e != cudaSuccess) return e;
-  if (occ < 1) occ = 1;
-  plan->blocks_per_sm = occ;
-  const int sms = sm_count_of_current_device();
-  const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
+  // Tokens per stage: 128 (two 16-token sub-tiles per warp, bulk-copy kernel, 2 stages) where the fast path runs with
+  // automatic or 2 stages and two 128-token stages fit the shared-memory budget of the target occupancy; else 64.
+  // Measured (H100, same run, against 64-token stages): Llama-3-8B B=32 L=8192 70 % 199 -> 194 us, Llama-2-7B B=8
+  // L=32768 741 -> 712 us, SmolLM2 B=32 L=32768 195 -> 176 us (166 us with the sub-tiles unrolled), and no loss on
+  // short splits (SmolLM2 B=1 L=32768, 103 splits of ~320 tokens: 24.3 -> 22.5 us). MUSTAFAR_TILE=64/128 forces it
+  // where the fast path runs (A/B switch; same results).
+  static const int tile_env = [] {
+    const char* v = std::getenv("MUSTAFAR_TILE");
+    return v ? std::atoi(v) : 0;
+  }();
+  const bool big_ok = fast && p.gather == 0 && (p.num_stages <= 0 || p.num_stages == 2) && tile_env != 64;
   const int64_t rows = (int64_t)p.B * p.H;
-  const int tiles = (p.T + kTile - 1) / kTile;
-  int nsplit = p.num_splits;
-  if (nsplit <= 0) {
-    // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
-    // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
-    // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
-    // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
-    // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
-    nsplit = 1;
-    if (tiles > 1 && rows > 0) {
-      const int per_round = merge_parts(p.G, D) * kMergeUnroll;
-      const double merge_round = D == 64 ? 0.8 : 0.45;
-      double best = 1e30;
-      const int max_ns = tiles < 4096 ? tiles : 4096;
-      for (int n = 1; n <= max_ns; ++n) {
-        const int64_t waves = (rows * n + slots - 1) / slots;
-        const int64_t rounds = (n + 1 + per_round - 1) / per_round;
-        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
-        if (cost < best - 1e-9) { best = cost; nsplit = n; }
+  for (int tile = big_ok ? 128 : 64;; tile = 64) {
+    const int capK = side_cap_halves(plan->k_mode, p.k.k, D, plan->skew[0] != 0, tile);
+    const int capV = side_cap_halves(plan->v_mode, p.v.k, D, plan->skew[1] != 0, tile);
+    const int stage = round_up(2 * capK + kSlackBytes, 16) + round_up(2 * capV + kSlackBytes, 16) + 2 * tile * W * 4 +
+                      2 * tile * 4;
+    // per-block budget of the stages: MUSTAFAR_MIN_BLOCKS (d128) or MUSTAFAR_MIN_BLOCKS_D64 blocks per SM
+    const int budget = D == 128 ? (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024
+                                : (228 * 1024) / MUSTAFAR_MIN_BLOCKS_D64 - 3 * 1024;
+    if (tile > 64 && tile_env != tile && 2 * stage + kTableBytes + 64 > budget) continue;
+    plan->tile = tile;
+    plan->cap_halves[0] = capK;
+    plan->cap_halves[1] = capV;
+    const int capMin = capK < capV ? capK : capV;
+    int win_tile = 16 * (capMin / (16 * (D + 2)));
+    if (win_tile > kTile) win_tile = kTile;
+    if (win_tile < 16) win_tile = 16;
+    plan->win_tile = win_tile;
+    int ns = tile > 64 ? 2 : p.num_stages;
+    // three stages where they still leave room for MUSTAFAR_MIN_BLOCKS blocks per SM (52 KB each for 4)
+    constexpr int kStageBudget = (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024;
+    if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= kStageBudget) ? 3 : 2;
+    if (ns < 2) ns = 2;
+    if (ns > 4) ns = 4;
+    plan->num_stages = ns;
+    const int total = ns * stage + 64 + kTableBytes;
+    const int merge_need = 2 * kWarps * 16 * 4 + kWarps * p.G * D * 4;
+    plan->smem_bytes = total > merge_need ? total : merge_need;
+    if (plan->smem_bytes > 227 * 1024) {
+      if (tile > 64) continue;
+      return fail(err, "shared memory layout too large");
+    }
+
+    // split count: fill the SMs with as few waves as possible
+    SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast, ns, tile);
+    cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, plan->smem_bytes);
+    if (e != cudaSuccess) return e;
+    e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared);
+    if (e != cudaSuccess) return e;
+    int occ = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, reinterpret_cast<const void*>(fn), kThreads,
+                                                      plan->smem_bytes);
+    if (e != cudaSuccess) return e;
+    if (occ < 1) occ = 1;
+    plan->blocks_per_sm = occ;
+    const int sms = sm_count_of_current_device();
+    const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
+    const int tiles = (p.T + kTile - 1) / kTile;  // the rule counts 64-token tiles for either stage size
+    int nsplit = p.num_splits;
+    if (nsplit <= 0) {
+      // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
+      // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
+      // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
+      // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
+      // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
+      nsplit = 1;
+      if (tiles > 1 && rows > 0) {
+        const int per_round = merge_parts(p.G, D) * kMergeUnroll;
+        const double merge_round = D == 64 ? 0.8 : 0.45;
+        double best = 1e30;
+        const int max_ns = tiles < 4096 ? tiles : 4096;
+        for (int n = 1; n <= max_ns; ++n) {
+          const int64_t waves = (rows * n + slots - 1) / slots;
+          const int64_t rounds = (n + 1 + per_round - 1) / per_round;
+          const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
+          if (cost < best - 1e-9) { best = cost; nsplit = n; }
+        }
       }
     }
+    plan->num_splits = nsplit;
+    break;
   }
+  int nsplit = plan->num_splits;
+  const int64_t slots = (int64_t)(sm_count_of_current_device() > 0 ? sm_count_of_current_device() : 1) *
+                        plan->blocks_per_sm;
   if (nsplit < 1) nsplit = 1;
   if (nsplit > 1 << 20) nsplit = 1 << 20;
   plan->num_splits = nsplit;
@@ -1372,18 +1437,18 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.vals_off[1] = o;
   o += round_up(2 * caps[1] + kSlackBytes, 16);
   kp.bm_off[0] = o;
-  o += kTile * W * 4;
+  o += plan.tile * W * 4;
   kp.bm_off[1] = o;
-  o += kTile * W * 4;
+  o += plan.tile * W * 4;
   kp.offs_off[0] = o;
-  o += kTile * 4;
+  o += plan.tile * 4;
   kp.offs_off[1] = o;
-  o += kTile * 4;
+  o += plan.tile * 4;
   kp.stage_bytes = o;
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
-  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, plan.fast != 0, plan.num_stages);
+  SplitFn fn = pick_split(D, bf16, p.G > 8, p.gather, plan.fast != 0, plan.num_stages, plan.tile);
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        plan.smem_bytes);
   if (e != cudaSuccess) return e;

@@ -66,6 +66,7 @@ struct DecodePlan {
   int fast = 0;                     // fast staging path (both sides fixed-k images, vector-copyable bitmaps)
   int skew[2] = {0, 0};             // K / V token runs staged 16 bytes apart (fast path, k % 16 == 0, d128)
   int cap_halves[2] = {0, 0};       // K / V value capacity of one stage, in halves
+  int tile = 64;                    // compressed tokens per stage: 64, or 128 (bulk-copy fast path, 2 stages)
 };
 
 // Checks the parameters, chooses the split count and the shared-memory layout. Host only, no device sync.
