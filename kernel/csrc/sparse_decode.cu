@@ -61,6 +61,11 @@ struct SideArgs {
   int capH;    // stage capacity (halves) of this side's value buffer
 };
 
+// KParams::fflags (fast path, set by the host): both sides' bitmap rows contiguous (token stride D/32 words) with
+// 16-byte aligned (b, h) bases, so a tile's rows can go as one bulk copy (8-byte rows: where the block's first token
+// is even); K / V token runs skewed (skew_side).
+constexpr int kFBmBulk = 1, kFSkewK = 2, kFSkewV = 4;
+
 struct WinArgs {
   const char* data;
   int64_t sb, sh, st;
@@ -83,6 +88,7 @@ struct KParams {
   SideArgs side[2];
   WinArgs win[2];
   int stage_bytes;
+  int fflags;  // fast path: kFBmBulk, kFSkewK, kFSkewV
   int vals_off[2], bm_off[2], offs_off[2];
   int info_off, table_off;
 };
@@ -327,7 +333,6 @@ struct SideRT {
   int64_t bm_st, off_st, src_st_w, nvals;
   int mode, k, kst, wpt, tpi, capH;
   bool synth, bm_vec, skew;
-  bool bm_row16;  // the block's first bitmap row is 16-byte aligned (bulk copies of 8-byte rows, head_dim 64)
   uint32_t cpt_magic;
 };
 
@@ -609,7 +614,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.synth = true;
       r.bm_vec = false;
       r.skew = false;
-      r.bm_row16 = false;
       r.cpt_magic = 0;
     } else {
       const SideArgs& a = p.side[x];
@@ -626,7 +630,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.synth = false;
       r.bm_vec = a.bm_vec != 0;
       r.skew = a.skew != 0;
-      r.bm_row16 = (reinterpret_cast<uintptr_t>(r.bm + (int64_t)tbeg * a.bm_st) & 15) == 0;
       r.cpt_magic = a.cpt_magic;
     }
     r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (r.skew ? 8 : 0) : 0);
@@ -665,9 +668,11 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   // Straight-line staging: one bitmap row per thread and the value runs as 16-byte chunks with 32-bit offsets, or
   // (FAST == 2, sm_90) bulk copies.
   auto stage_fast = [&](int j, int slot) {
+    constexpr bool kBulk = MUSTAFAR_BULK && FAST == 2;
     unsigned char* sb = smem + slot * p.stage_bytes;
     const int t0 = tbeg + j * TB;
     const int nt = min(TB, ntok - j * TB);
+    const int ff = p.fflags;
     // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
     // (the bitmaps of both sides as one run each where rows are contiguous and the run starts 16-byte aligned: with
     // 8-byte rows (head_dim 64) an odd last row goes as one cp.async; each unskewed side's value run as one run of
@@ -675,10 +680,9 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     // skewed sides and the other bitmap layouts are staged by all threads as in the plain form
     bool bm_bulk = false;
 #if MUSTAFAR_BULK
-    if (bulk) {
-      // t0 - tbeg is a multiple of TB (even), so a 16-byte aligned first row keeps every tile's run aligned
-      bm_bulk = (W == 4 || MUSTAFAR_BM_BULK64) && sd[0].bm_st == W && sd[1].bm_st == W && sd[0].bm_row16 &&
-                sd[1].bm_row16;
+    if (kBulk) {
+      // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
+      bm_bulk = (ff & kFBmBulk) && (W == 4 || (MUSTAFAR_BM_BULK64 && !(tbeg & 1)));
       if (tid == 0) {
         const uint32_t bar = smem_u32(&mbar[slot]);
         const char* a0[2];
@@ -691,7 +695,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
           a0[x] = a - mis;
           tot[x] = 2 * nt * sd[x].k + mis;
-          if (!sd[x].skew) bytes += (uint32_t)(tot[x] & ~15);
+          if (!(ff & (kFSkewK << x))) bytes += (uint32_t)(tot[x] & ~15);
           info[slot * 2 + x] = mis >> 1;
         }
         mbar_arrive_expect(bar, bytes);
@@ -703,7 +707,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
             if (bm_run) bulk_g2s(smem_u32(sbm), src, bm_run, bar);
             if (W == 2 && (nt & 1)) cp_async8_full(sbm + (nt - 1) * 2, src + (nt - 1) * 2);
           }
-          if (sd[x].skew) continue;
+          if (ff & (kFSkewK << x)) continue;
           unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
           const int full = tot[x] & ~15;
           if (full > 0) bulk_g2s(smem_u32(sv), a0[x], (uint32_t)full, bar);
@@ -712,31 +716,35 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       }
     }
 #endif
+    if (!bm_bulk || nt < TB) {  // (bulk-copied full tiles: nothing to do here)
 #pragma unroll
-    for (int rr = 0; rr < TB / kTile; ++rr) {  // bitmaps: one row per thread and round (side r / TB, token r % TB);
-                                              // rows past the tile's end are zero
-      const int r = tid + rr * kThreads, x = r / TB, t = r & (TB - 1);
-      int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
-      if (t >= nt) {
+      for (int rr = 0; rr < TB / kTile; ++rr) {  // bitmaps: one row per thread and round (side r / TB, token
+                                                // r % TB); rows past the tile's end are zero
+        const int r = tid + rr * kThreads, x = r / TB, t = r & (TB - 1);
+        int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
+        if (t >= nt) {
 #pragma unroll
-        for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
-      } else if (!bm_bulk) {
-        const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
-        if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
-        else cp_async8_full(sbm + t * W, src);
+          for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+        } else if (!bm_bulk) {
+          const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
+          if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
+          else cp_async8_full(sbm + t * W, src);
+        }
       }
     }
+    if (kBulk && !(ff & (kFSkewK | kFSkewV))) return;  // every value run staged by thread 0 above
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
-      if (bulk && !sd[x].skew) continue;  // staged by thread 0 above
+      const bool skew = ff & (kFSkewK << x);
+      if (kBulk && !skew) continue;  // staged by thread 0 above
       const int k = sd[x].k;
       const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
       const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
       const char* a0 = a - mis;
       unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
       const char* src = a0 + 16 * tid;
-      if (sd[x].skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk
-                         // copy per token was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
+      if (skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk copy per
+                   // token was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
         const int nch = nt * (k >> 3);
         const uint32_t mg = sd[x].cpt_magic;
         for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
@@ -751,7 +759,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           cp_async16(dst, src, rem < 16 ? rem : 16);
         }
       }
-      if (tid == 0 && !bulk) info[slot * 2 + x] = mis >> 1;
+      if (tid == 0 && !kBulk) info[slot * 2 + x] = mis >> 1;
     }
   };
   auto stage = [&](int j, int slot) {
@@ -833,7 +841,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   int rslot = 0;  // stage slot of tile it (it % ns, without the division)
   uint32_t mphase = 0;  // bulk staging: parity of each slot's mbarrier phase to wait for
   for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
-    cp_async_wait_stages(ns);
+    if constexpr (TB > kTile) cp_async_wait<0>();  // 2 stages
+    else cp_async_wait_stages(ns);
     if (bulk) {
       mbar_wait(smem_u32(&mbar[rslot]), (mphase >> rslot) & 1u);
       mphase ^= 1u << rslot;
@@ -1445,6 +1454,12 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.offs_off[1] = o;
   o += plan.tile * 4;
   kp.stage_bytes = o;
+  {
+    auto row16 = [&](const CompressedSide& s) {  // contiguous rows, 16-byte aligned (b, h) bases
+      return s.bm_st == W && reinterpret_cast<uintptr_t>(s.bitmap) % 16 == 0 && s.bm_sb % 4 == 0 && s.bm_sh % 4 == 0;
+    };
+    kp.fflags = (row16(p.k) && row16(p.v) ? kFBmBulk : 0) | (plan.skew[0] ? kFSkewK : 0) | (plan.skew[1] ? kFSkewV : 0);
+  }
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
