@@ -126,6 +126,23 @@ def test_skewed_runs(d, k, g):
     _check(inp)
 
 
+@pytest.mark.parametrize("d,k,g", [(128, 38, 4), (128, 16, 1), (64, 19, 3), (64, 24, 12)])
+def test_stage_sizes(d, k, g):
+    """Fast-path cases run with 128-token stages by default (two sub-tiles per warp, 8-byte bitmap rows bulk-copied
+    at head_dim 64 where the first token is even) and with 64-token stages when 3 stages are asked for; both match
+    the reference, over ragged rows whose first tokens are odd and even and tiles that end part-way."""
+    from kernel.bench_attention import plan_info
+
+    inp = make_inputs(4, 2 * g, 2, d, 1001, k, mode="fixed", device="cuda", n_win=7, ragged=True, seed=77 + k)
+    _safe_ragged(inp)
+    inp["comp_start"][:2] = torch.tensor([3, 4], dtype=inp["comp_start"].dtype, device="cuda")
+    assert plan_info(inp["q"], inp["k_chunk"])[7] == 128
+    assert plan_info(inp["q"], inp["k_chunk"], 0, 3)[7] == 64
+    _check(inp)
+    _check(inp, num_stages=3)
+    _check(inp, num_splits=1)  # one block per row: many stages, the last one partial
+
+
 def test_random_property_sweep():
     gen = torch.Generator().manual_seed(2024)
     for i in range(12):
