@@ -56,8 +56,7 @@ struct SideArgs {
   int mode;    // 0 fixed natural image, 1 fixed padded rows, 2 variable
   int k;
   int bm_vec;  // bitmap rows can be copied with one W*4-byte cp.async per token
-  int skew;    // fast path, k % 16 == 0: token runs staged 16 bytes apart (bank spread, see skew_side)
-  uint32_t cpt_magic;  // skew: ceil(2^32 / (k / 8)), chunk -> token by __umulhi
+  uint32_t cpt_magic;  // skewed runs (KParams::fflags): ceil(2^32 / (k / 8)), chunk -> token by __umulhi
   int capH;    // stage capacity (halves) of this side's value buffer
 };
 
@@ -332,7 +331,7 @@ struct SideRT {
   const int32_t* off;
   int64_t bm_st, off_st, src_st_w, nvals;
   int mode, k, kst, wpt, tpi, capH;
-  bool synth, bm_vec, skew;
+  bool synth, bm_vec;
   uint32_t cpt_magic;
 };
 
@@ -541,17 +540,6 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
-#ifndef MUSTAFAR_SUB_UNROLL
-#define MUSTAFAR_SUB_UNROLL 1  // head_dim 128, TB = 128: sub-tile loop kept (1) or unrolled (2: 186 -> 188 us, H200)
-#endif
-#ifndef MUSTAFAR_SUB_UNROLL_D64
-#define MUSTAFAR_SUB_UNROLL_D64 2  // head_dim 64: sub-tile loop unrolled (H200: SmolLM2 B=32 L=32768 179 -> 167 us)
-#endif
-#ifndef MUSTAFAR_BM_BULK64
-#define MUSTAFAR_BM_BULK64 1  // bulk-copied 8-byte bitmap rows (head_dim 64)
-#endif
-constexpr int kSubUnroll = MUSTAFAR_SUB_UNROLL;  // (#pragma arguments are not macro-expanded)
-constexpr int kSubUnroll64 = MUSTAFAR_SUB_UNROLL_D64;
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -613,7 +601,6 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.src_st_w = w.st / 2;
       r.synth = true;
       r.bm_vec = false;
-      r.skew = false;
       r.cpt_magic = 0;
     } else {
       const SideArgs& a = p.side[x];
@@ -629,10 +616,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.src_st_w = a.k / 2;
       r.synth = false;
       r.bm_vec = a.bm_vec != 0;
-      r.skew = a.skew != 0;
       r.cpt_magic = a.cpt_magic;
     }
-    r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (r.skew ? 8 : 0) : 0);
+    const bool skew = !is_win && (p.fflags & (kFSkewK << x));
+    r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (skew ? 8 : 0) : 0);
     r.tpi = kThreads / r.wpt;
     sd[x] = r;
   }
@@ -682,7 +669,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 #if MUSTAFAR_BULK
     if (kBulk) {
       // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
-      bm_bulk = (ff & kFBmBulk) && (W == 4 || (MUSTAFAR_BM_BULK64 && !(tbeg & 1)));
+      bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
       if (tid == 0) {
         const uint32_t bar = smem_u32(&mbar[slot]);
         const char* a0[2];
@@ -855,8 +842,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     const unsigned char* sb = smem + rslot * p.stage_bytes;
     const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
     const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
-    // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left)
-#pragma unroll(TB == kTile ? 1 : (D == 64 ? kSubUnroll64 : kSubUnroll))
+    // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left).
+    // Head_dim 64 unrolls them (H200: SmolLM2 B=32 L=32768 179 -> 167 us); head_dim 128 keeps the loop (unrolled
+    // 186 -> 188 us: its registers are at the cap)
+#pragma unroll(TB == kTile || D == 64 ? TB / kTile : 1)
     for (int sub = 0; sub < TB / kTile; ++sub) {
       const int tw = 16 * warp + kTile * sub;
       if (tw >= nt) break;  // warp-uniform
@@ -1228,6 +1217,26 @@ int side_cap_halves(int mode, int k, int D, bool skew, int tile) {
   return round_up(cap, 8);
 }
 
+// Stage layout: [K values | V values | K bitmap | V bitmap | K offsets | V offsets] (caps in halves, tile tokens);
+// returns the stage's bytes and, where asked, the region offsets (the plan sizes the stages, the launch places them).
+int stage_layout(const int caps[2], int tile, int W, int* vals_off = nullptr, int* bm_off = nullptr,
+                 int* offs_off = nullptr) {
+  int o = 0;
+  for (int x = 0; x < 2; ++x) {
+    if (vals_off) vals_off[x] = o;
+    o += round_up(2 * caps[x] + kSlackBytes, 16);
+  }
+  for (int x = 0; x < 2; ++x) {
+    if (bm_off) bm_off[x] = o;
+    o += tile * W * 4;
+  }
+  for (int x = 0; x < 2; ++x) {
+    if (offs_off) offs_off[x] = o;
+    o += tile * 4;
+  }
+  return o;
+}
+
 int sm_count_of_current_device() {
   static int cached[64] = {0};
   int dev = 0;
@@ -1286,83 +1295,79 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
     return v ? std::atoi(v) : 0;
   }();
   const bool big_ok = fast && p.gather == 0 && (p.num_stages <= 0 || p.num_stages == 2) && tile_env != 64;
-  const int64_t rows = (int64_t)p.B * p.H;
-  for (int tile = big_ok ? 128 : 64;; tile = 64) {
-    const int capK = side_cap_halves(plan->k_mode, p.k.k, D, plan->skew[0] != 0, tile);
-    const int capV = side_cap_halves(plan->v_mode, p.v.k, D, plan->skew[1] != 0, tile);
-    const int stage = round_up(2 * capK + kSlackBytes, 16) + round_up(2 * capV + kSlackBytes, 16) + 2 * tile * W * 4 +
-                      2 * tile * 4;
-    // per-block budget of the stages: MUSTAFAR_MIN_BLOCKS (d128) or MUSTAFAR_MIN_BLOCKS_D64 blocks per SM
-    const int budget = D == 128 ? (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024
-                                : (228 * 1024) / MUSTAFAR_MIN_BLOCKS_D64 - 3 * 1024;
-    if (tile > 64 && tile_env != tile && 2 * stage + kTableBytes + 64 > budget) continue;
-    plan->tile = tile;
-    plan->cap_halves[0] = capK;
-    plan->cap_halves[1] = capV;
-    const int capMin = capK < capV ? capK : capV;
-    int win_tile = 16 * (capMin / (16 * (D + 2)));
-    if (win_tile > kTile) win_tile = kTile;
-    if (win_tile < 16) win_tile = 16;
-    plan->win_tile = win_tile;
-    int ns = tile > 64 ? 2 : p.num_stages;
-    // three stages where they still leave room for MUSTAFAR_MIN_BLOCKS blocks per SM (52 KB each for 4)
-    constexpr int kStageBudget = (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024;
-    if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= kStageBudget) ? 3 : 2;
-    if (ns < 2) ns = 2;
-    if (ns > 4) ns = 4;
-    plan->num_stages = ns;
-    const int total = ns * stage + 64 + kTableBytes;
-    const int merge_need = 2 * kWarps * 16 * 4 + kWarps * p.G * D * 4;
-    plan->smem_bytes = total > merge_need ? total : merge_need;
-    if (plan->smem_bytes > 227 * 1024) {
-      if (tile > 64) continue;
-      return fail(err, "shared memory layout too large");
-    }
+  // per-block budget of the stages: MUSTAFAR_MIN_BLOCKS (d128) or MUSTAFAR_MIN_BLOCKS_D64 blocks per SM
+  constexpr int kStageBudget = (228 * 1024) / MUSTAFAR_MIN_BLOCKS - 5 * 1024;  // 52 KB each for 4
+  const int budget = D == 128 ? kStageBudget : (228 * 1024) / MUSTAFAR_MIN_BLOCKS_D64 - 3 * 1024;
+  int caps[2];
+  auto layout_for = [&](int tile) {  // value capacities and stage bytes for `tile` tokens per stage
+    caps[0] = side_cap_halves(plan->k_mode, p.k.k, D, plan->skew[0] != 0, tile);
+    caps[1] = side_cap_halves(plan->v_mode, p.v.k, D, plan->skew[1] != 0, tile);
+    return stage_layout(caps, tile, W);
+  };
+  int tile = 64, stage = 0;
+  if (big_ok) {
+    stage = layout_for(128);
+    const int need = 2 * stage + kTableBytes + 64;
+    if (need <= (tile_env == 128 ? 227 * 1024 : budget)) tile = 128;
+  }
+  if (tile == 64) stage = layout_for(64);
+  plan->tile = tile;
+  plan->cap_halves[0] = caps[0];
+  plan->cap_halves[1] = caps[1];
+  const int capMin = caps[0] < caps[1] ? caps[0] : caps[1];
+  int win_tile = 16 * (capMin / (16 * (D + 2)));
+  if (win_tile > kTile) win_tile = kTile;
+  if (win_tile < 16) win_tile = 16;
+  plan->win_tile = win_tile;
+  int ns = tile > 64 ? 2 : p.num_stages;
+  // three stages where they still leave room for MUSTAFAR_MIN_BLOCKS blocks per SM
+  if (ns <= 0) ns = (3 * stage + kTableBytes + 64 <= kStageBudget) ? 3 : 2;
+  if (ns < 2) ns = 2;
+  if (ns > 4) ns = 4;
+  plan->num_stages = ns;
+  const int total = ns * stage + 64 + kTableBytes;
+  const int merge_need = 2 * kWarps * 16 * 4 + kWarps * p.G * D * 4;
+  plan->smem_bytes = total > merge_need ? total : merge_need;
+  if (plan->smem_bytes > 227 * 1024) return fail(err, "shared memory layout too large");
 
-    // split count: fill the SMs with as few waves as possible
-    SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast, ns, tile);
-    cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, plan->smem_bytes);
-    if (e != cudaSuccess) return e;
-    e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
-                             cudaSharedmemCarveoutMaxShared);
-    if (e != cudaSuccess) return e;
-    int occ = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, reinterpret_cast<const void*>(fn), kThreads,
-                                                      plan->smem_bytes);
-    if (e != cudaSuccess) return e;
-    if (occ < 1) occ = 1;
-    plan->blocks_per_sm = occ;
-    const int sms = sm_count_of_current_device();
-    const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
-    const int tiles = (p.T + kTile - 1) / kTile;  // the rule counts 64-token tiles for either stage size
-    int nsplit = p.num_splits;
-    if (nsplit <= 0) {
-      // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
-      // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
-      // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
-      // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
-      // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
-      nsplit = 1;
-      if (tiles > 1 && rows > 0) {
-        const int per_round = merge_parts(p.G, D) * kMergeUnroll;
-        const double merge_round = D == 64 ? 0.8 : 0.45;
-        double best = 1e30;
-        const int max_ns = tiles < 4096 ? tiles : 4096;
-        for (int n = 1; n <= max_ns; ++n) {
-          const int64_t waves = (rows * n + slots - 1) / slots;
-          const int64_t rounds = (n + 1 + per_round - 1) / per_round;
-          const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
-          if (cost < best - 1e-9) { best = cost; nsplit = n; }
-        }
+  // split count: fill the SMs with as few waves as possible
+  SplitFn fn = pick_split(D, p.dtype == DType::kBFloat16, p.G > 8, p.gather, fast, ns, tile);
+  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       plan->smem_bytes);
+  if (e != cudaSuccess) return e;
+  e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
+                           cudaSharedmemCarveoutMaxShared);
+  if (e != cudaSuccess) return e;
+  int occ = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, reinterpret_cast<const void*>(fn), kThreads, plan->smem_bytes);
+  if (e != cudaSuccess) return e;
+  if (occ < 1) occ = 1;
+  plan->blocks_per_sm = occ;
+  const int sms = sm_count_of_current_device();
+  const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
+  const int64_t rows = (int64_t)p.B * p.H;
+  const int tiles = (p.T + kTile - 1) / kTile;  // the rule counts 64-token tiles for either stage size
+  int nsplit = p.num_splits;
+  if (nsplit <= 0) {
+    // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
+    // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
+    // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
+    // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
+    // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
+    nsplit = 1;
+    if (tiles > 1 && rows > 0) {
+      const int per_round = merge_parts(p.G, D) * kMergeUnroll;
+      const double merge_round = D == 64 ? 0.8 : 0.45;
+      double best = 1e30;
+      const int max_ns = tiles < 4096 ? tiles : 4096;
+      for (int n = 1; n <= max_ns; ++n) {
+        const int64_t waves = (rows * n + slots - 1) / slots;
+        const int64_t rounds = (n + 1 + per_round - 1) / per_round;
+        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
+        if (cost < best - 1e-9) { best = cost; nsplit = n; }
       }
     }
-    plan->num_splits = nsplit;
-    break;
   }
-  int nsplit = plan->num_splits;
-  const int64_t slots = (int64_t)(sm_count_of_current_device() > 0 ? sm_count_of_current_device() : 1) *
-                        plan->blocks_per_sm;
   if (nsplit < 1) nsplit = 1;
   if (nsplit > 1 << 20) nsplit = 1 << 20;
   plan->num_splits = nsplit;
@@ -1428,8 +1433,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     a.mode = modes[x];
     a.k = s.offsets ? D : s.k;
     a.bm_vec = bitmap_vec(s, W);
-    a.skew = plan.skew[x];
-    a.cpt_magic = a.skew ? (uint32_t)((0x100000000ull + (uint64_t)(s.k / 8) - 1) / (uint64_t)(s.k / 8)) : 0u;
+    a.cpt_magic = plan.skew[x] ? (uint32_t)((0x100000000ull + (uint64_t)(s.k / 8) - 1) / (uint64_t)(s.k / 8)) : 0u;
     a.capH = caps[x];
   }
   const DenseWindow* wins[2] = {&p.k_win, &p.v_win};
@@ -1439,20 +1443,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     kp.win[x].sh = wins[x]->sh;
     kp.win[x].st = wins[x]->st;
   }
-  // stage layout: [K values | V values | K bitmap | V bitmap | K offsets | V offsets]
-  int o = 0;
-  kp.vals_off[0] = o;
-  o += round_up(2 * caps[0] + kSlackBytes, 16);
-  kp.vals_off[1] = o;
-  o += round_up(2 * caps[1] + kSlackBytes, 16);
-  kp.bm_off[0] = o;
-  o += plan.tile * W * 4;
-  kp.bm_off[1] = o;
-  o += plan.tile * W * 4;
-  kp.offs_off[0] = o;
-  o += plan.tile * 4;
-  kp.offs_off[1] = o;
-  o += plan.tile * 4;
+  const int o = stage_layout(caps, plan.tile, W, kp.vals_off, kp.bm_off, kp.offs_off);
   kp.stage_bytes = o;
   {
     auto row16 = [&](const CompressedSide& s) {  // contiguous rows, 16-byte aligned (b, h) bases
