@@ -45,6 +45,10 @@ constexpr int kTile = 64;          // tokens per block iteration (16 per warp); 
                                    // sub-tiles per stage (see split_kernel)
 constexpr int kTableBytes = kWarps * 32 * 16;
 constexpr int kSlackBytes = 32;    // after each value buffer: the branch-free gathers read one past the end
+template <bool B>
+struct BoolC {  // compile-time flag argument of a generic lambda
+  static constexpr bool value = B;
+};
 
 struct SideArgs {
   const char* vals;
@@ -540,6 +544,10 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
+#ifndef MUSTAFAR_SUB_UNROLL_D128
+#define MUSTAFAR_SUB_UNROLL_D128 1  // unroll the two 16-token sub-tiles at head_dim 128 too (A/B switch: =0)
+#endif
+constexpr bool kSubUnrollD128 = MUSTAFAR_SUB_UNROLL_D128 != 0;  // (pragmas do not expand macros)
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -558,12 +566,12 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
   int s, h, b;
   block_coords(p, s, h, b);
-  const bool is_win = (s == p.nsplit);  // the window block comes last: it is short and fills the tail
+  const bool is_win_blk = (s == p.nsplit);  // the window block comes last: it is short and fills the tail
   const int G = p.G;
 
   // ---- token range of this block -------------------------------------------------------------
   int tbeg, tend;
-  if (is_win) {
+  if (is_win_blk) {
     tbeg = p.win_start ? max(p.win_start[b], 0) : 0;
     tend = p.n_win;
   } else {
@@ -576,8 +584,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     tend = min(ce, tbeg + per);
   }
   const int ntok = max(tend - tbeg, 0);
-  const int tile_n = is_win ? p.win_tile : TB;
-  const int ntiles = (ntok + tile_n - 1) / tile_n;
+  const int tile_n_blk = is_win_blk ? p.win_tile : TB;
+  const int ntiles_blk = (ntok + tile_n_blk - 1) / tile_n_blk;
   const int ns = p.ns;
 
   // ---- per-side runtime descriptors (shared memory: keeps them out of the registers) ----------
@@ -587,7 +595,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     const int x = tid;
     SideRT r;
     r.capH = p.side[x].capH;
-    if (is_win) {
+    if (is_win_blk) {
       const WinArgs& w = p.win[x];
       r.vals = w.data + 2 * (b * w.sb + h * w.sh);
       r.bm = nullptr;
@@ -618,161 +626,20 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.bm_vec = a.bm_vec != 0;
       r.cpt_magic = a.cpt_magic;
     }
-    const bool skew = !is_win && (p.fflags & (kFSkewK << x));
+    const bool skew = !is_win_blk && (p.fflags & (kFSkewK << x));
     r.kst = r.mode == 1 ? 2 * (r.wpt + 1) : (r.mode == 0 ? r.k + (skew ? 8 : 0) : 0);
     r.tpi = kThreads / r.wpt;
     sd[x] = r;
   }
-  const bool fast = FAST != 0 && !is_win;
-  const bool bulk = MUSTAFAR_BULK && FAST == 2 && !is_win;
-  if (bulk && tid == 0) {
+  // Compressed blocks of a FAST kernel take the fast path; the window block, and every block of a FAST == 0 kernel,
+  // the general one. The two are separate instances of the main loop (main_loop below), so the fast instance carries
+  // no general-path code or runtime path checks (H100, same run: SmolLM2 B=32 L=32768 70 % 160.5 -> 156.5 us,
+  // Llama-2-7B B=8 L=32768 668 -> 662 us, Llama-3-8B B=32 L=8192 185.1 -> 184.5 us).
+  if (MUSTAFAR_BULK && FAST == 2 && !is_win_blk && tid == 0) {
     for (int i = 0; i < p.ns; ++i) mbar_init(smem_u32(&mbar[i]), 1);
     mbar_init_fence();
   }
   __syncthreads();
-
-  // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
-  int vcur[2] = {0, 0}, vpref[2] = {0, 0}, vend[2] = {0, 0};
-  if (!is_win && ntiles > 0) {
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      if (sd[x].mode == 2) {
-        vcur[x] = sd[x].off[(int64_t)tbeg * sd[x].off_st];
-        vpref[x] = ntiles > 1 ? sd[x].off[(int64_t)(tbeg + tile_n) * sd[x].off_st] : 0;
-        const int last = tend - 1;
-        int pc = 0;
-#pragma unroll
-        for (int w = 0; w < W; ++w) pc += __popc(sd[x].bm[(int64_t)last * sd[x].bm_st + w]);
-        vend[x] = sd[x].off[(int64_t)last * sd[x].off_st] + pc;
-      }
-    }
-  }
-
-  int* info = reinterpret_cast<int*>(smem + p.info_off);
-  unsigned short* table = reinterpret_cast<unsigned short*>(smem + p.table_off);
-
-  // Fast path (FAST kernels, compressed blocks): both sides fixed-k natural images with vector-copyable bitmap rows.
-  // Straight-line staging: one bitmap row per thread and the value runs as 16-byte chunks with 32-bit offsets, or
-  // (FAST == 2, sm_90) bulk copies.
-  auto stage_fast = [&](int j, int slot) {
-    constexpr bool kBulk = MUSTAFAR_BULK && FAST == 2;
-    unsigned char* sb = smem + slot * p.stage_bytes;
-    const int t0 = tbeg + j * TB;
-    const int nt = min(TB, ntok - j * TB);
-    const int ff = p.fflags;
-    // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
-    // (the bitmaps of both sides as one run each where rows are contiguous and the run starts 16-byte aligned: with
-    // 8-byte rows (head_dim 64) an odd last row goes as one cp.async; each unskewed side's value run as one run of
-    // whole 16-byte chunks, its partial last chunk as a sized cp.async), so the other warps skip the address math;
-    // skewed sides and the other bitmap layouts are staged by all threads as in the plain form
-    bool bm_bulk = false;
-#if MUSTAFAR_BULK
-    if (kBulk) {
-      // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
-      bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
-      if (tid == 0) {
-        const uint32_t bar = smem_u32(&mbar[slot]);
-        const char* a0[2];
-        int tot[2];
-        const uint32_t bm_run = W == 4 ? 16u * nt : 16u * (nt >> 1);  // bytes of each side's bulk-copied rows
-        uint32_t bytes = bm_bulk ? 2u * bm_run : 0u;
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          const char* a = sd[x].vals + 2 * (int64_t)t0 * sd[x].k;
-          const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
-          a0[x] = a - mis;
-          tot[x] = 2 * nt * sd[x].k + mis;
-          if (!(ff & (kFSkewK << x))) bytes += (uint32_t)(tot[x] & ~15);
-          info[slot * 2 + x] = mis >> 1;
-        }
-        mbar_arrive_expect(bar, bytes);
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          if (bm_bulk) {
-            int32_t* sbm = reinterpret_cast<int32_t*>(sb + p.bm_off[x]);
-            const int32_t* src = sd[x].bm + (int64_t)t0 * W;
-            if (bm_run) bulk_g2s(smem_u32(sbm), src, bm_run, bar);
-            if (W == 2 && (nt & 1)) cp_async8_full(sbm + (nt - 1) * 2, src + (nt - 1) * 2);
-          }
-          if (ff & (kFSkewK << x)) continue;
-          unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
-          const int full = tot[x] & ~15;
-          if (full > 0) bulk_g2s(smem_u32(sv), a0[x], (uint32_t)full, bar);
-          if (tot[x] & 15) cp_async16(sv + full, a0[x] + full, tot[x] & 15);
-        }
-      }
-    }
-#endif
-    if (!bm_bulk || nt < TB) {  // (bulk-copied full tiles: nothing to do here)
-#pragma unroll
-      for (int rr = 0; rr < TB / kTile; ++rr) {  // bitmaps: one row per thread and round (side r / TB, token
-                                                // r % TB); rows past the tile's end are zero
-        const int r = tid + rr * kThreads, x = r / TB, t = r & (TB - 1);
-        int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
-        if (t >= nt) {
-#pragma unroll
-          for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
-        } else if (!bm_bulk) {
-          const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
-          if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
-          else cp_async8_full(sbm + t * W, src);
-        }
-      }
-    }
-    if (kBulk && !(ff & (kFSkewK | kFSkewV))) return;  // every value run staged by thread 0 above
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const bool skew = ff & (kFSkewK << x);
-      if (kBulk && !skew) continue;  // staged by thread 0 above
-      const int k = sd[x].k;
-      const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
-      const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
-      const char* a0 = a - mis;
-      unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
-      const char* src = a0 + 16 * tid;
-      if (skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk copy per
-                   // token was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
-        const int nch = nt * (k >> 3);
-        const uint32_t mg = sd[x].cpt_magic;
-        for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
-          cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
-      } else {
-        // (the src-size form for every chunk: measured faster than full-form copies plus a sized last chunk)
-        const int tot = 2 * nt * k + mis;
-        const int nch = (tot + 15) >> 4;
-        unsigned char* dst = sv + 16 * tid;
-        for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads, dst += 16 * kThreads) {
-          const int rem = tot - 16 * c;
-          cp_async16(dst, src, rem < 16 ? rem : 16);
-        }
-      }
-      if (tid == 0 && !kBulk) info[slot * 2 + x] = mis >> 1;
-    }
-  };
-  auto stage = [&](int j, int slot) {
-    if (fast) {
-      stage_fast(j, slot);
-      return;
-    }
-    unsigned char* sb = smem + slot * p.stage_bytes;
-    const int t0 = tbeg + j * tile_n;
-    const int nt = min(tile_n, ntok - j * tile_n);
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      int64_t v0 = 0, v1 = 0;
-      if (sd[x].mode == 2 && !is_win) {
-        const int raw1 = (j + 1 < ntiles) ? vpref[x] : vend[x];
-        v0 = min(max((int64_t)vcur[x], (int64_t)0), sd[x].nvals);
-        v1 = min(max((int64_t)raw1, v0), min(sd[x].nvals, v0 + (int64_t)tile_n * D));
-        vcur[x] = raw1;
-        vpref[x] = (j + 2 < ntiles) ? sd[x].off[(int64_t)(tbeg + (j + 2) * tile_n) * sd[x].off_st] : 0;
-      }
-      const int inf = stage_side<D>(sd[x], tid, t0, nt, tile_n, sb + p.vals_off[x],
-                                    reinterpret_cast<int32_t*>(sb + p.bm_off[x]),
-                                    reinterpret_cast<int32_t*>(sb + p.offs_off[x]), v0, v1);
-      if (tid == 0) info[slot * 2 + x] = inf;
-    }
-  };
 
   // ---- per-warp online-softmax state: heads 8 nh + 2 q4 + c (c = 0, 1) of head block nh --------------------
   float mh[NH][2], lh[NH][2];
@@ -790,242 +657,402 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       for (int e = 0; e < 4; ++e) oacc[nh][mb][e] = 0.f;
   }
 
-  for (int j = 0; j < ns - 1; ++j) {
-    if (j < ntiles) stage(j, j);
-    cp_async_commit();
-  }
-
-  // ---- Q fragments (A operand of S = Q K^T), loaded after the first stages are in flight (the two global round
-  //      trips overlap); channel order permuted per lane quad. Kept in shared memory (reloaded per tile) so the
-  //      registers stay free for the O accumulators. ----------------------------------------------------------
-  // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
   constexpr int NQ4 = GBIG ? NKB : NKB / 2;
   __shared__ uint4 sq4[NQ4 * 32];
-  if (tid < 32) {
-    const unsigned short* qrow0 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq) * p.q_sh));
-    const unsigned short* qrow1 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq + 8) * p.q_sh));
-    const bool r0 = gq < G, r1 = GBIG && (gq + 8 < G);
-    uint32_t* sq = reinterpret_cast<uint32_t*>(sq4);
+
+  // ---- main loop over the block's tiles; fast_c: BoolC<fast path> ----
+  auto main_loop = [&](auto fast_c) {
+    constexpr bool fast = decltype(fast_c)::value;
+    constexpr bool bulk = MUSTAFAR_BULK && FAST == 2 && fast;
+    const bool is_win = !fast && is_win_blk;
+    const int tile_n = fast ? TB : tile_n_blk;
+    const int ntiles = fast ? (ntok + TB - 1) / TB : ntiles_blk;
+    // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
+    int vcur[2] = {0, 0}, vpref[2] = {0, 0}, vend[2] = {0, 0};
+    if (!is_win && ntiles > 0) {
 #pragma unroll
-    for (int kb = 0; kb < NKB; ++kb) {
-      const int c = q4 * (D / 4) + 4 * kb;
-      const uint32_t a0 = r0 ? (uint32_t(qrow0[c]) | (uint32_t(qrow0[c + 1]) << 16)) : 0u;
-      const uint32_t a2 = r0 ? (uint32_t(qrow0[c + 2]) | (uint32_t(qrow0[c + 3]) << 16)) : 0u;
-      if constexpr (GBIG) {
-        uint32_t* dst = sq + (kb * 32 + lane) * 4;
-        dst[0] = a0;
-        dst[1] = a2;
-        dst[2] = r1 ? (uint32_t(qrow1[c]) | (uint32_t(qrow1[c + 1]) << 16)) : 0u;
-        dst[3] = r1 ? (uint32_t(qrow1[c + 2]) | (uint32_t(qrow1[c + 3]) << 16)) : 0u;
-      } else {
-        uint32_t* dst = sq + ((kb >> 1) * 32 + lane) * 4 + (kb & 1) * 2;
-        dst[0] = a0;
-        dst[1] = a2;
+      for (int x = 0; x < 2; ++x) {
+        if (sd[x].mode == 2) {
+          vcur[x] = sd[x].off[(int64_t)tbeg * sd[x].off_st];
+          vpref[x] = ntiles > 1 ? sd[x].off[(int64_t)(tbeg + tile_n) * sd[x].off_st] : 0;
+          const int last = tend - 1;
+          int pc = 0;
+#pragma unroll
+          for (int w = 0; w < W; ++w) pc += __popc(sd[x].bm[(int64_t)last * sd[x].bm_st + w]);
+          vend[x] = sd[x].off[(int64_t)last * sd[x].off_st] + pc;
+        }
       }
     }
-  }
 
-  int rslot = 0;  // stage slot of tile it (it % ns, without the division)
-  uint32_t mphase = 0;  // bulk staging: parity of each slot's mbarrier phase to wait for
-  for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
-    if constexpr (TB > kTile) cp_async_wait<0>();  // 2 stages
-    else cp_async_wait_stages(ns);
-    if (bulk) {
-      mbar_wait(smem_u32(&mbar[rslot]), (mphase >> rslot) & 1u);
-      mphase ^= 1u << rslot;
-    }
-    __syncthreads();
-    if (it + ns - 1 < ntiles) stage(it + ns - 1, rslot == 0 ? ns - 1 : rslot - 1);
-    cp_async_commit();
+    int* info = reinterpret_cast<int*>(smem + p.info_off);
+    unsigned short* table = reinterpret_cast<unsigned short*>(smem + p.table_off);
 
-    const int nt = min(tile_n, ntok - it * tile_n);
-    const unsigned char* sb = smem + rslot * p.stage_bytes;
-    const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
-    const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
-    // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left).
-    // Head_dim 64 unrolls them (H200: SmolLM2 B=32 L=32768 179 -> 167 us); head_dim 128 keeps the loop (unrolled
-    // 186 -> 188 us: its registers are at the cap)
-#pragma unroll(TB == kTile || D == 64 ? TB / kTile : 1)
-    for (int sub = 0; sub < TB / kTile; ++sub) {
-      const int tw = 16 * warp + kTile * sub;
-      if (tw >= nt) break;  // warp-uniform
-
-      // ---- table of value positions: lane l -> (side l / 16, token l % 16 of this warp's slice) ----
-      {
-        const int side = lane >> 4, xl = lane & 15, tl = tw + xl;
-        const int32_t* bmw = side ? sbmV : sbmK;
-        const int kst = side ? sd[1].kst : sd[0].kst;
-        const int capH = side ? sd[1].capH : sd[0].capH;
-        const int inf = info[rslot * 2 + side];
-        int base;
-        if (fast) {
-          base = tl * kst + inf;
-        } else {
-          const int mode = side ? sd[1].mode : sd[0].mode;
-          const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
-          base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
-        }
-        uint32_t e[8];
-        if constexpr (D == 128) {
-          const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
-          const int c0 = __popc(w.x), c1 = __popc(w.y), c2 = __popc(w.z), c3 = __popc(w.w);
-          // keep every read of this token inside the stage buffer, whatever the offsets say
-          base = min(max(base, 0), capH - (c0 + c1 + c2 + c3));
-          e[0] = base;
-          e[1] = base + __popc(w.x & 0xffffu);
-          e[2] = base + c0;
-          e[3] = e[2] + __popc(w.y & 0xffffu);
-          e[4] = e[2] + c1;
-          e[5] = e[4] + __popc(w.z & 0xffffu);
-          e[6] = e[4] + c2;
-          e[7] = e[6] + __popc(w.w & 0xffffu);
-        } else {
-          const uint2 w = *reinterpret_cast<const uint2*>(bmw + tl * 2);
-          const int c0 = __popc(w.x), c1 = __popc(w.y);
-          base = min(max(base, 0), capH - (c0 + c1));
-          e[0] = base;
-          e[1] = base + __popc(w.x & 0xffu);
-          e[2] = base + __popc(w.x & 0xffffu);
-          e[3] = base + __popc(w.x & 0xffffffu);
-          e[4] = base + c0;
-          e[5] = e[4] + __popc(w.y & 0xffu);
-          e[6] = e[4] + __popc(w.y & 0xffffu);
-          e[7] = e[4] + __popc(w.y & 0xffffffu);
-        }
-        *reinterpret_cast<uint4*>(table + (warp * 32 + lane) * 8) =
-            make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
-      }
-      __syncwarp();
-
-      // ---- S^T = K Q^T for the warp's 16 tokens (M = 16 tokens, N = 8 heads per head block). Lane gathers tokens gq
-      //      (kf[0]) and gq + 8 (kf[1]) of its channel region; a k16 step's A operand is (kf[0][2kb], kf[1][2kb],
-      //      kf[0][2kb+1], kf[1][2kb+1]), its B operand the Q pair of head gq. ----
-      float sacc[NH][4];
-      {
-        const uint32_t svK = smem_u32(sb + p.vals_off[0]);
-        uint32_t kf[2][D / 8];
+    // Fast path (FAST kernels, compressed blocks): both sides fixed-k natural images with vector-copyable bitmap rows.
+    // Straight-line staging: one bitmap row per thread and the value runs as 16-byte chunks with 32-bit offsets, or
+    // (FAST == 2, sm_90) bulk copies.
+    auto stage_fast = [&](int j, int slot) {
+      constexpr bool kBulk = MUSTAFAR_BULK && FAST == 2;
+      unsigned char* sb = smem + slot * p.stage_bytes;
+      const int t0 = tbeg + j * TB;
+      const int nt = min(TB, ntok - j * TB);
+      const int ff = p.fflags;
+      // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
+      // (the bitmaps of both sides as one run each where rows are contiguous and the run starts 16-byte aligned: with
+      // 8-byte rows (head_dim 64) an odd last row goes as one cp.async; each unskewed side's value run as one run of
+      // whole 16-byte chunks, its partial last chunk as a sized cp.async), so the other warps skip the address math;
+      // skewed sides and the other bitmap layouts are staged by all threads as in the plain form
+      bool bm_bulk = false;
+#if MUSTAFAR_BULK
+      if (kBulk) {
+        // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
+        bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
+        if (tid == 0) {
+          const uint32_t bar = smem_u32(&mbar[slot]);
+          const char* a0[2];
+          int tot[2];
+          const uint32_t bm_run = W == 4 ? 16u * nt : 16u * (nt >> 1);  // bytes of each side's bulk-copied rows
+          uint32_t bytes = bm_bulk ? 2u * bm_run : 0u;
 #pragma unroll
-        for (int jt = 0; jt < 2; ++jt) {
-          const int xk = 8 * jt + gq;
-          const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
-          uint32_t m;
-          if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(tw + xk) * W + q4]);
-          else m = reinterpret_cast<const unsigned short*>(sbmK + (tw + xk) * W)[q4];
-          // the region's two halves as two independent chains (shorter dependency chains)
-          uint32_t lo[D / 16], hi[D / 16];
-          Gather<0, D / 8, PRED>::token(m & ((1u << (D / 8)) - 1u), svK + 2 * (ents & 0xffffu), lo);
-          Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
+          for (int x = 0; x < 2; ++x) {
+            const char* a = sd[x].vals + 2 * (int64_t)t0 * sd[x].k;
+            const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
+            a0[x] = a - mis;
+            tot[x] = 2 * nt * sd[x].k + mis;
+            if (!(ff & (kFSkewK << x))) bytes += (uint32_t)(tot[x] & ~15);
+            info[slot * 2 + x] = mis >> 1;
+          }
+          mbar_arrive_expect(bar, bytes);
 #pragma unroll
-          for (int i = 0; i < D / 16; ++i) {
-            kf[jt][i] = lo[i];
-            kf[jt][D / 16 + i] = hi[i];
+          for (int x = 0; x < 2; ++x) {
+            if (bm_bulk) {
+              int32_t* sbm = reinterpret_cast<int32_t*>(sb + p.bm_off[x]);
+              const int32_t* src = sd[x].bm + (int64_t)t0 * W;
+              if (bm_run) bulk_g2s(smem_u32(sbm), src, bm_run, bar);
+              if (W == 2 && (nt & 1)) cp_async8_full(sbm + (nt - 1) * 2, src + (nt - 1) * 2);
+            }
+            if (ff & (kFSkewK << x)) continue;
+            unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
+            const int full = tot[x] & ~15;
+            if (full > 0) bulk_g2s(smem_u32(sv), a0[x], (uint32_t)full, bar);
+            if (tot[x] & 15) cp_async16(sv + full, a0[x] + full, tot[x] & 15);
           }
         }
-        constexpr bool TWO = !GBIG && D == 128;  // one head block, d128: a second accumulator (two mma chains of 4)
-        float s2[4];
+      }
+#endif
+      if (!bm_bulk || nt < TB) {  // (bulk-copied full tiles: nothing to do here)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s2[e] = 0.f;
+        for (int rr = 0; rr < TB / kTile; ++rr) {  // bitmaps: one row per thread and round (side r / TB, token
+                                                  // r % TB); rows past the tile's end are zero
+          const int r = tid + rr * kThreads, x = r / TB, t = r & (TB - 1);
+          int32_t* sbm = reinterpret_cast<int32_t*>(sb + (x ? p.bm_off[1] : p.bm_off[0]));
+          if (t >= nt) {
 #pragma unroll
-          for (int nh = 0; nh < NH; ++nh) sacc[nh][e] = 0.f;
+            for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+          } else if (!bm_bulk) {
+            const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
+            if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
+            else cp_async8_full(sbm + t * W, src);
+          }
         }
+      }
+      if (kBulk && !(ff & (kFSkewK | kFSkewV))) return;  // every value run staged by thread 0 above
 #pragma unroll
-        for (int kb = 0; kb < NKB; kb += 2) {
-          if constexpr (GBIG) {
-            const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
-            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
-                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
-            mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb], kf[1][2 * kb],
-                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.z, v.w);
-            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
-                           kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.x, v2.y);
-            mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
-                           kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.z, v2.w);
+      for (int x = 0; x < 2; ++x) {
+        const bool skew = ff & (kFSkewK << x);
+        if (kBulk && !skew) continue;  // staged by thread 0 above
+        const int k = sd[x].k;
+        const char* a = sd[x].vals + 2 * (int64_t)t0 * k;
+        const int mis = (int)(reinterpret_cast<uintptr_t>(a) & 15);
+        const char* a0 = a - mis;
+        unsigned char* sv = sb + (x ? p.vals_off[1] : p.vals_off[0]);
+        const char* src = a0 + 16 * tid;
+        if (skew) {  // 16-byte aligned run of whole chunks; token t's chunks land t chunks further on (one bulk copy per
+                     // token was measured much slower: Llama-3-8B B=32 L=8192 k=64 251 -> 348 us)
+          const int nch = nt * (k >> 3);
+          const uint32_t mg = sd[x].cpt_magic;
+          for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads)
+            cp_async16(sv + 16 * (c + (int)__umulhi((uint32_t)c, mg)), src, 16);
+        } else {
+          // (the src-size form for every chunk: measured faster than full-form copies plus a sized last chunk)
+          const int tot = 2 * nt * k + mis;
+          const int nch = (tot + 15) >> 4;
+          unsigned char* dst = sv + 16 * tid;
+          for (int c = tid; c < nch; c += kThreads, src += 16 * kThreads, dst += 16 * kThreads) {
+            const int rem = tot - 16 * c;
+            cp_async16(dst, src, rem < 16 ? rem : 16);
+          }
+        }
+        if (tid == 0 && !kBulk) info[slot * 2 + x] = mis >> 1;
+      }
+    };
+    auto stage = [&](int j, int slot) {
+      if (fast) {
+        stage_fast(j, slot);
+        return;
+      }
+      unsigned char* sb = smem + slot * p.stage_bytes;
+      const int t0 = tbeg + j * tile_n;
+      const int nt = min(tile_n, ntok - j * tile_n);
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        int64_t v0 = 0, v1 = 0;
+        if (sd[x].mode == 2 && !is_win) {
+          const int raw1 = (j + 1 < ntiles) ? vpref[x] : vend[x];
+          v0 = min(max((int64_t)vcur[x], (int64_t)0), sd[x].nvals);
+          v1 = min(max((int64_t)raw1, v0), min(sd[x].nvals, v0 + (int64_t)tile_n * D));
+          vcur[x] = raw1;
+          vpref[x] = (j + 2 < ntiles) ? sd[x].off[(int64_t)(tbeg + (j + 2) * tile_n) * sd[x].off_st] : 0;
+        }
+        const int inf = stage_side<D>(sd[x], tid, t0, nt, tile_n, sb + p.vals_off[x],
+                                      reinterpret_cast<int32_t*>(sb + p.bm_off[x]),
+                                      reinterpret_cast<int32_t*>(sb + p.offs_off[x]), v0, v1);
+        if (tid == 0) info[slot * 2 + x] = inf;
+      }
+    };
+
+    for (int j = 0; j < ns - 1; ++j) {
+      if (j < ntiles) stage(j, j);
+      cp_async_commit();
+    }
+
+    // ---- Q fragments (A operand of S = Q K^T), loaded after the first stages are in flight (the two global round
+    //      trips overlap); channel order permuted per lane quad. Kept in shared memory (reloaded per tile) so the
+    //      registers stay free for the O accumulators. ----------------------------------------------------------
+    // non-GBIG: sq4[(kb / 2) * 32 + lane] = (a0[kb], a2[kb], a0[kb+1], a2[kb+1]); GBIG: sq4[kb * 32 + lane] = (a0, a2, a1, a3)
+    if (tid < 32) {
+      const unsigned short* qrow0 = reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq) * p.q_sh));
+      const bool r0 = gq < G;
+      uint32_t* sq = reinterpret_cast<uint32_t*>(sq4);
+#pragma unroll
+      for (int kb = 0; kb < NKB; ++kb) {
+        const int c = q4 * (D / 4) + 4 * kb;
+        const uint32_t a0 = r0 ? (uint32_t(qrow0[c]) | (uint32_t(qrow0[c + 1]) << 16)) : 0u;
+        const uint32_t a2 = r0 ? (uint32_t(qrow0[c + 2]) | (uint32_t(qrow0[c + 3]) << 16)) : 0u;
+        if constexpr (GBIG) {
+          const unsigned short* qrow1 =
+              reinterpret_cast<const unsigned short*>(p.q + 2 * (b * p.q_sb + (int64_t)(h * G + gq + 8) * p.q_sh));
+          const bool r1 = gq + 8 < G;
+          uint32_t* dst = sq + (kb * 32 + lane) * 4;
+          dst[0] = a0;
+          dst[1] = a2;
+          dst[2] = r1 ? (uint32_t(qrow1[c]) | (uint32_t(qrow1[c + 1]) << 16)) : 0u;
+          dst[3] = r1 ? (uint32_t(qrow1[c + 2]) | (uint32_t(qrow1[c + 3]) << 16)) : 0u;
+        } else {
+          uint32_t* dst = sq + ((kb >> 1) * 32 + lane) * 4 + (kb & 1) * 2;
+          dst[0] = a0;
+          dst[1] = a2;
+        }
+      }
+    }
+
+    int rslot = 0;  // stage slot of tile it (it % ns, without the division)
+    uint32_t mphase = 0;  // bulk staging: parity of each slot's mbarrier phase to wait for
+    for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
+      if constexpr (TB > kTile) cp_async_wait<0>();  // 2 stages
+      else cp_async_wait_stages(ns);
+      if (bulk) {
+        mbar_wait(smem_u32(&mbar[rslot]), (mphase >> rslot) & 1u);
+        mphase ^= 1u << rslot;
+      }
+      __syncthreads();
+      if (it + ns - 1 < ntiles) stage(it + ns - 1, rslot == 0 ? ns - 1 : rslot - 1);
+      cp_async_commit();
+
+      const int nt = min(tile_n, ntok - it * tile_n);
+      const unsigned char* sb = smem + rslot * p.stage_bytes;
+      const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
+      const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
+      // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left).
+      // Head_dim 64 unrolls them (H200: SmolLM2 B=32 L=32768 179 -> 167 us); head_dim 128 keeps the loop (unrolled
+      // 186 -> 188 us: its registers are at the cap)
+#pragma unroll(TB == kTile || D == 64 || kSubUnrollD128 ? TB / kTile : 1)
+      for (int sub = 0; sub < TB / kTile; ++sub) {
+        const int tw = 16 * warp + kTile * sub;
+        if (tw >= nt) break;  // warp-uniform
+
+        // ---- table of value positions: lane l -> (side l / 16, token l % 16 of this warp's slice) ----
+        {
+          const int side = lane >> 4, xl = lane & 15, tl = tw + xl;
+          const int32_t* bmw = side ? sbmV : sbmK;
+          const int kst = side ? sd[1].kst : sd[0].kst;
+          const int capH = side ? sd[1].capH : sd[0].capH;
+          const int inf = info[rslot * 2 + side];
+          int base;
+          if (fast) {
+            base = tl * kst + inf;
           } else {
-            const uint4 v = sq4[(kb >> 1) * 32 + lane];
-            mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
-                           kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
-            float(&acc2)[4] = TWO ? s2 : sacc[0];
-            mma16816<BF16>(acc2[0], acc2[1], acc2[2], acc2[3], kf[0][2 * kb + 2], kf[1][2 * kb + 2], kf[0][2 * kb + 3],
-                           kf[1][2 * kb + 3], v.z, v.w);
+            const int mode = side ? sd[1].mode : sd[0].mode;
+            const int32_t* soff = reinterpret_cast<const int32_t*>(sb + (side ? p.offs_off[1] : p.offs_off[0]));
+            base = (mode == 2) ? soff[tl] - inf : tl * kst + inf;
+          }
+          uint32_t e[8];
+          if constexpr (D == 128) {
+            const uint4 w = *reinterpret_cast<const uint4*>(bmw + tl * 4);
+            const int c0 = __popc(w.x), c1 = __popc(w.y), c2 = __popc(w.z), c3 = __popc(w.w);
+            // keep every read of this token inside the stage buffer, whatever the offsets say
+            base = min(max(base, 0), capH - (c0 + c1 + c2 + c3));
+            e[0] = base;
+            e[1] = base + __popc(w.x & 0xffffu);
+            e[2] = base + c0;
+            e[3] = e[2] + __popc(w.y & 0xffffu);
+            e[4] = e[2] + c1;
+            e[5] = e[4] + __popc(w.z & 0xffffu);
+            e[6] = e[4] + c2;
+            e[7] = e[6] + __popc(w.w & 0xffffu);
+          } else {
+            const uint2 w = *reinterpret_cast<const uint2*>(bmw + tl * 2);
+            const int c0 = __popc(w.x), c1 = __popc(w.y);
+            base = min(max(base, 0), capH - (c0 + c1));
+            e[0] = base;
+            e[1] = base + __popc(w.x & 0xffu);
+            e[2] = base + __popc(w.x & 0xffffu);
+            e[3] = base + __popc(w.x & 0xffffffu);
+            e[4] = base + c0;
+            e[5] = e[4] + __popc(w.y & 0xffu);
+            e[6] = e[4] + __popc(w.y & 0xffffu);
+            e[7] = e[4] + __popc(w.y & 0xffffffu);
+          }
+          *reinterpret_cast<uint4*>(table + (warp * 32 + lane) * 8) =
+              make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
+        }
+        __syncwarp();
+
+        // ---- S^T = K Q^T for the warp's 16 tokens (M = 16 tokens, N = 8 heads per head block). Lane gathers tokens gq
+        //      (kf[0]) and gq + 8 (kf[1]) of its channel region; a k16 step's A operand is (kf[0][2kb], kf[1][2kb],
+        //      kf[0][2kb+1], kf[1][2kb+1]), its B operand the Q pair of head gq. ----
+        float sacc[NH][4];
+        {
+          const uint32_t svK = smem_u32(sb + p.vals_off[0]);
+          uint32_t kf[2][D / 8];
+#pragma unroll
+          for (int jt = 0; jt < 2; ++jt) {
+            const int xk = 8 * jt + gq;
+            const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
+            uint32_t m;
+            if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(tw + xk) * W + q4]);
+            else m = reinterpret_cast<const unsigned short*>(sbmK + (tw + xk) * W)[q4];
+            // the region's two halves as two independent chains (shorter dependency chains)
+            uint32_t lo[D / 16], hi[D / 16];
+            Gather<0, D / 8, PRED>::token(m & ((1u << (D / 8)) - 1u), svK + 2 * (ents & 0xffffu), lo);
+            Gather<0, D / 8, PRED>::token(m >> (D / 8), svK + 2 * (ents >> 16), hi);
+#pragma unroll
+            for (int i = 0; i < D / 16; ++i) {
+              kf[jt][i] = lo[i];
+              kf[jt][D / 16 + i] = hi[i];
+            }
+          }
+          constexpr bool TWO = !GBIG && D == 128;  // one head block, d128: a second accumulator (two mma chains of 4)
+          float s2[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s2[e] = 0.f;
+#pragma unroll
+            for (int nh = 0; nh < NH; ++nh) sacc[nh][e] = 0.f;
+          }
+#pragma unroll
+          for (int kb = 0; kb < NKB; kb += 2) {
+            if constexpr (GBIG) {
+              const uint4 v = sq4[kb * 32 + lane], v2 = sq4[(kb + 1) * 32 + lane];
+              mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                             kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+              mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb], kf[1][2 * kb],
+                             kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.z, v.w);
+              mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                             kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.x, v2.y);
+              mma16816<BF16>(sacc[1][0], sacc[1][1], sacc[1][2], sacc[1][3], kf[0][2 * kb + 2], kf[1][2 * kb + 2],
+                             kf[0][2 * kb + 3], kf[1][2 * kb + 3], v2.z, v2.w);
+            } else {
+              const uint4 v = sq4[(kb >> 1) * 32 + lane];
+              mma16816<BF16>(sacc[0][0], sacc[0][1], sacc[0][2], sacc[0][3], kf[0][2 * kb], kf[1][2 * kb],
+                             kf[0][2 * kb + 1], kf[1][2 * kb + 1], v.x, v.y);
+              float(&acc2)[4] = TWO ? s2 : sacc[0];
+              mma16816<BF16>(acc2[0], acc2[1], acc2[2], acc2[3], kf[0][2 * kb + 2], kf[1][2 * kb + 2], kf[0][2 * kb + 3],
+                             kf[1][2 * kb + 3], v.z, v.w);
+            }
+          }
+          if constexpr (TWO) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sacc[0][e] += s2[e];
           }
         }
-        if constexpr (TWO) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) sacc[0][e] += s2[e];
-        }
-      }
 
-      // ---- online softmax (log2 domain), per head over the tokens ----
-      {
-        const int vlim = nt - tw;
-        const bool va = gq < vlim, vb = gq + 8 < vlim;
+        // ---- online softmax (log2 domain), per head over the tokens ----
+        {
+          const int vlim = nt - tw;
+          const bool va = gq < vlim, vb = gq + 8 < vlim;
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh) {
+            sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
+            sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
+            sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
+            sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
+            online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
+          }
+        }
+        // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
+        // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
+        uint32_t pb0[NH], pb1[NH], pl0[NH], pl1[NH];
 #pragma unroll
         for (int nh = 0; nh < NH; ++nh) {
-          sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
-          sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
-          sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
-          sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
-          online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
-        }
-      }
-      // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
-      // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
-      uint32_t pb0[NH], pb1[NH], pl0[NH], pl1[NH];
-#pragma unroll
-      for (int nh = 0; nh < NH; ++nh) {
-        const uint32_t x0 = pack2<BF16>(sacc[nh][0], sacc[nh][1]);
-        const uint32_t x1 = pack2<BF16>(sacc[nh][2], sacc[nh][3]);
-        pb0[nh] = movm_trans(x0);
-        pb1[nh] = movm_trans(x1);
-        if constexpr (BF16) {
-          pl0[nh] = movm_trans(pack2_bf16_lo(sacc[nh][0], sacc[nh][1], x0));
-          pl1[nh] = movm_trans(pack2_bf16_lo(sacc[nh][2], sacc[nh][3], x1));
-        } else {
-          pl0[nh] = pl1[nh] = 0u;
-        }
-      }
-
-      // ---- O^T += V^T P^T: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9} at the channels of its region
-      //      gq*D/8 + j; m-block mb takes region channels 2mb (row gq) and 2mb + 1 (row gq + 8) ----
-      {
-        const uint32_t svV = smem_u32(sb + p.vals_off[1]);
-        uint32_t vm[4];
-        uint32_t vp[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
-          vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
-          if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (tw + xv) * W)[gq];
-          else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (tw + xv) * W)[gq];
-        }
-        // two halves of the region keep only 16 gathered registers live
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          constexpr int HN = D / 16;
-          uint32_t vb0[HN], vb1[HN];
-          Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
-          Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
-          if (half == 0) {
-#pragma unroll
-            for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+          const uint32_t x0 = pack2<BF16>(sacc[nh][0], sacc[nh][1]);
+          const uint32_t x1 = pack2<BF16>(sacc[nh][2], sacc[nh][3]);
+          pb0[nh] = movm_trans(x0);
+          pb1[nh] = movm_trans(x1);
+          if constexpr (BF16) {
+            pl0[nh] = movm_trans(pack2_bf16_lo(sacc[nh][0], sacc[nh][1], x0));
+            pl1[nh] = movm_trans(pack2_bf16_lo(sacc[nh][2], sacc[nh][3], x1));
+          } else {
+            pl0[nh] = pl1[nh] = 0u;
           }
+        }
+
+        // ---- O^T += V^T P^T: lane (q4, gq) gathers tokens {2q4, 2q4+1, 2q4+8, 2q4+9} at the channels of its region
+        //      gq*D/8 + j; m-block mb takes region channels 2mb (row gq) and 2mb + 1 (row gq + 8) ----
+        {
+          const uint32_t svV = smem_u32(sb + p.vals_off[1]);
+          uint32_t vm[4];
+          uint32_t vp[4];
 #pragma unroll
-          for (int i = 0; i < HN; i += 2) {
-            const int mb = (half * HN + i) / 2;
+          for (int u = 0; u < 4; ++u) {
+            const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
+            vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
+            if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (tw + xv) * W)[gq];
+            else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (tw + xv) * W)[gq];
+          }
+          // two halves of the region keep only 16 gathered registers live
 #pragma unroll
-            for (int nh = 0; nh < NH; ++nh) {
-              mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i], vb0[i + 1],
-                             vb1[i], vb1[i + 1], pb0[nh], pb1[nh]);
-              if constexpr (BF16)
-                mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i],
-                               vb0[i + 1], vb1[i], vb1[i + 1], pl0[nh], pl1[nh]);
+          for (int half = 0; half < 2; ++half) {
+            constexpr int HN = D / 16;
+            uint32_t vb0[HN], vb1[HN];
+            Gather<0, HN, PRED>::pair(vm[0] >> (half * HN), vp[0], vm[1] >> (half * HN), vp[1], vb0);
+            Gather<0, HN, PRED>::pair(vm[2] >> (half * HN), vp[2], vm[3] >> (half * HN), vp[3], vb1);
+            if (half == 0) {
+#pragma unroll
+              for (int u = 0; u < 4; ++u) vp[u] += 2 * __popc(vm[u] & ((1u << HN) - 1u));
+            }
+#pragma unroll
+            for (int i = 0; i < HN; i += 2) {
+              const int mb = (half * HN + i) / 2;
+#pragma unroll
+              for (int nh = 0; nh < NH; ++nh) {
+                mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i], vb0[i + 1],
+                               vb1[i], vb1[i + 1], pb0[nh], pb1[nh]);
+                if constexpr (BF16)
+                  mma16816<BF16>(oacc[nh][mb][0], oacc[nh][mb][1], oacc[nh][mb][2], oacc[nh][mb][3], vb0[i],
+                                 vb0[i + 1], vb1[i], vb1[i + 1], pl0[nh], pl1[nh]);
+              }
             }
           }
         }
-      }
-      __syncwarp();  // the table is rebuilt next sub-tile
-    }  // sub-tiles
+        __syncwarp();  // the table is rebuilt next sub-tile
+      }  // sub-tiles
+    }
+  };  // main_loop
+  if constexpr (FAST != 0) {
+    if (is_win_blk) main_loop(BoolC<false>{});
+    else main_loop(BoolC<true>{});
+  } else {
+    main_loop(BoolC<false>{});
   }
   cp_async_wait<0>();
   __syncthreads();
