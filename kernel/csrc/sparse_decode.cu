@@ -31,6 +31,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>  // device printf of the MUSTAFAR_TRACE measurement build
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -92,6 +93,7 @@ struct KParams {
   WinArgs win[2];
   int stage_bytes;
   int fflags;  // fast path: kFBmBulk, kFSkewK, kFSkewV
+  int trace_on;    // MUSTAFAR_TRACE builds: this launch prints its block phase times
   int vals_off[2], bm_off[2], offs_off[2];
   int info_off, table_off;
 };
@@ -548,6 +550,15 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 #define MUSTAFAR_SUB_UNROLL_D128 1  // unroll the two 16-token sub-tiles at head_dim 128 too (A/B switch: =0)
 #endif
 constexpr bool kSubUnrollD128 = MUSTAFAR_SUB_UNROLL_D128 != 0;  // (pragmas do not expand macros)
+#ifndef MUSTAFAR_TRACE
+#define MUSTAFAR_TRACE 0  // measurement build (-DMUSTAFAR_TRACE=1): thread 0 of every split-kernel block of one launch
+                          // prints its phase times (globaltimer; fused merge only); scripts/gpu_kernel_trace.py
+#endif
+__device__ __forceinline__ unsigned long long gtimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -564,6 +575,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   constexpr float NEG_INF = -INFINITY;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
+  unsigned long long tr[5] = {0, 0, 0, 0, 0};
+  if (MUSTAFAR_TRACE) tr[0] = gtimer();
   int s, h, b;
   block_coords(p, s, h, b);
   const bool is_win_blk = (s == p.nsplit);  // the window block comes last: it is short and fills the tail
@@ -855,6 +868,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         mphase ^= 1u << rslot;
       }
       __syncthreads();
+      if (MUSTAFAR_TRACE && it == 0) tr[1] = gtimer();
       if (it + ns - 1 < ntiles) stage(it + ns - 1, rslot == 0 ? ns - 1 : rslot - 1);
       cp_async_commit();
 
@@ -1057,6 +1071,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   cp_async_wait<0>();
   __syncthreads();
 
+  if (MUSTAFAR_TRACE) tr[2] = gtimer();
   // ---- merge the 4 warps, write this block's partial -------------------------------------------
   block_coords(p, s, h, b);
 #pragma unroll
@@ -1115,10 +1130,24 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     s_last = (prev == nsp - 1);
   }
   __syncthreads();
-  if (!s_last) return;
+  if (MUSTAFAR_TRACE) tr[3] = gtimer();
+  auto trace_out = [&](int last) {
+    if (MUSTAFAR_TRACE && tid == 0 && p.trace_on) {
+      tr[4] = gtimer();
+      unsigned smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu\n", s, h, b, (int)p.nsplit, smid, last, tr[0], tr[1],
+             tr[2], tr[3], tr[4]);
+    }
+  };
+  if (!s_last) {
+    trace_out(0);
+    return;
+  }
   __threadfence();
   if (tid == 0) p.counters[b * p.H + h] = 0;  // all nsp blocks of this row have arrived: safe to reset
   merge_row<D, BF16, kThreads>(p, h, b, reinterpret_cast<float*>(smem));
+  trace_out(1);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1478,6 +1507,15 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     };
     kp.fflags = (row16(p.k) && row16(p.v) ? kFBmBulk : 0) | (plan.skew[0] ? kFSkewK : 0) | (plan.skew[1] ? kFSkewV : 0);
   }
+#if MUSTAFAR_TRACE
+  {  // measurement build: launch number MUSTAFAR_TRACE_CALL of this process prints (scripts/gpu_kernel_trace.py)
+    static const char* tc = std::getenv("MUSTAFAR_TRACE_CALL");
+    static int calls = 0;
+    kp.trace_on = ++calls == (tc ? std::atoi(tc) : 0);
+  }
+#else
+  kp.trace_on = 0;
+#endif
   kp.info_off = plan.num_stages * o;
   kp.table_off = kp.info_off + 64;
 
