@@ -1,21 +1,23 @@
 """Phase times of the sparse decode kernel's blocks (GPU measurement build).
 
-Usage: python scripts/gpu_kernel_trace.py SHAPE B L SPARSITY [CALL]
+Usage: python scripts/gpu_kernel_trace.py SHAPE B L SPARSITY [CALL] [--no-flush]
 e.g.   python scripts/gpu_kernel_trace.py llama3-8b 32 8192 0.7
 
 Builds the extension with -DMUSTAFAR_TRACE=1 (a separate build directory), runs the case CALL times (default 3,
 each after an L2 flush, like the benchmark's timer) and lets the last launch print, per split-kernel block, the
-globaltimer at entry (t0), when its first stage is ready (t1), after its last tile (t2), after the partial write and
+globaltimer at entry (t0), after the setup barrier, after thread 0 stored its Q fragments, when its first stage
+is ready (t1), after its last tile (t2), after the partial write and
 the arrival atomic (t3) and at exit (t4, after the row merge for the row's last block). Prints percentiles of each
 phase. The printing itself delays the exits, so the end times of the traced launch are not its normal ones; the
-phase durations up to t3 are.
+phase durations up to t3 are. --no-flush skips the L2 flushes (the traced launch then finds the previous
+launch's data in L2 where it fits).
 """
 import os
 import subprocess
 import sys
 
 
-def child(shape, b, l, s, calls):
+def child(shape, b, l, s, calls, flush_l2):
     import torch
 
     from kernel.attention import _cuda_attention
@@ -24,7 +26,8 @@ def child(shape, b, l, s, calls):
     c = build_fixed_case(shape, b, l, s)
     flush = torch.empty(256 * 2**20 // 4, device="cuda")
     for i in range(calls):
-        flush.fill_(float(i))
+        if flush_l2:
+            flush.fill_(float(i))
         torch.cuda.synchronize()
         _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"], WINDOW, c["scale"])
         torch.cuda.synchronize()
@@ -40,7 +43,7 @@ def summarize(lines, label):
     for line in lines:
         if line.startswith("MTRACE"):
             f = line.split()
-            rows.append([int(x) for x in f[1:7]] + [int(x) for x in f[7:12]])
+            rows.append([int(x) for x in f[1:7]] + [int(x) for x in f[7:14]])
     if not rows:
         print(label, "no trace lines")
         return 1
@@ -56,6 +59,8 @@ def summarize(lines, label):
         print(f"  {name:34s} p10 {pct(v, .1):7.1f}  p50 {pct(v, .5):7.1f}  p90 {pct(v, .9):7.1f}  max {max(v):7.1f} us")
 
     show("split block start (t0 - first t0)", [r[6] - t_first for r in split])
+    show("setup done (after the first barrier)", [r[11] - r[6] for r in split])
+    show("Q fragments stored (thread 0)", [r[12] - r[6] for r in split])
     show("first stage ready (t1 - t0)", [r[7] - r[6] for r in split if r[7]])
     show("tiles (t2 - t1)", [r[8] - r[7] for r in split if r[7]])
     show("partial + arrival (t3 - t2)", [r[9] - r[8] for r in split])
@@ -66,21 +71,24 @@ def summarize(lines, label):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]),
+              sys.argv[7] == "1")
         return 0
-    if len(sys.argv) < 5:
+    flush_l2 = "--no-flush" not in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--no-flush"]
+    if len(args) < 4:
         print(__doc__)
         return 2
-    shape, b, l, s = sys.argv[1:5]
-    calls = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    shape, b, l, s = args[:4]
+    calls = int(args[4]) if len(args) > 4 else 3
     env = dict(os.environ, MUSTAFAR_NVCC_EXTRA="-DMUSTAFAR_TRACE=1", MUSTAFAR_TRACE_CALL=str(calls),
                PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, __file__, "--child", shape, b, l, s, str(calls)], env=env,
-                         capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "--child", shape, b, l, s, str(calls), "1" if flush_l2 else "0"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         print(out.stdout[-2000:], out.stderr[-4000:])
         return out.returncode
-    return summarize(out.stdout.splitlines(), f"{shape} B={b} L={l} s={s}")
+    return summarize(out.stdout.splitlines(), f"{shape} B={b} L={l} s={s}" + ("" if flush_l2 else " (no L2 flush)"))
 
 
 if __name__ == "__main__":

@@ -575,7 +575,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   constexpr float NEG_INF = -INFINITY;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, q4 = lane & 3;
-  unsigned long long tr[5] = {0, 0, 0, 0, 0};
+  unsigned long long tr[7] = {0, 0, 0, 0, 0, 0, 0};  // trace build: t0..t4, then setup done, Q stored
   if (MUSTAFAR_TRACE) tr[0] = gtimer();
   int s, h, b;
   block_coords(p, s, h, b);
@@ -653,6 +653,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     mbar_init_fence();
   }
   __syncthreads();
+  if (MUSTAFAR_TRACE) tr[5] = gtimer();
 
   // ---- per-warp online-softmax state: heads 8 nh + 2 q4 + c (c = 0, 1) of head block nh --------------------
   float mh[NH][2], lh[NH][2];
@@ -858,6 +859,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       }
     }
 
+    if (MUSTAFAR_TRACE) tr[6] = gtimer();  // (thread 0: after its Q fragment stores)
     int rslot = 0;  // stage slot of tile it (it % ns, without the division)
     uint32_t mphase = 0;  // bulk staging: parity of each slot's mbarrier phase to wait for
     for (int it = 0; it < ntiles; ++it, rslot = (rslot + 1 == ns) ? 0 : rslot + 1) {
@@ -1136,8 +1138,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       tr[4] = gtimer();
       unsigned smid;
       asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-      printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu\n", s, h, b, (int)p.nsplit, smid, last, tr[0], tr[1],
-             tr[2], tr[3], tr[4]);
+      printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu %llu %llu\n", s, h, b, (int)p.nsplit, smid, last, tr[0],
+             tr[1], tr[2], tr[3], tr[4], tr[5], tr[6]);
     }
   };
   if (!s_last) {
