@@ -879,8 +879,9 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       const int32_t* sbmK = reinterpret_cast<const int32_t*>(sb + p.bm_off[0]);
       const int32_t* sbmV = reinterpret_cast<const int32_t*>(sb + p.bm_off[1]);
       // this warp's 16-token sub-tiles of the stage: tokens tw..tw+15 (with TB = 64 a single pass, no loop left).
-      // Head_dim 64 unrolls them (H200: SmolLM2 B=32 L=32768 179 -> 167 us); head_dim 128 keeps the loop (unrolled
-      // 186 -> 188 us: its registers are at the cap)
+      // Both head dims unroll them: head_dim 64 since v12 (H200: SmolLM2 B=32 L=32768 179 -> 167 us), head_dim 128
+      // since the fast path got its own instance (v14, H100: Llama-3-8B B=32 L=8192 185.0 -> 181.1 us; in v12, with
+      // the general path in the same loop, 186 -> 188 us)
 #pragma unroll(TB == kTile || D == 64 || kSubUnrollD128 ? TB / kTile : 1)
       for (int sub = 0; sub < TB / kTile; ++sub) {
         const int tw = 16 * warp + kTile * sub;
