@@ -11,7 +11,8 @@
 //   16-byte-chunk image; fixed mode k % 4 == 0 with layout 2: one padded row per token). The fast path (both sides
 //   fixed-k images, the cache's layout) stages with straight-line cp.async code, or on sm_90 with 3+ stages with
 //   bulk copies (cp.async.bulk + one mbarrier per stage); with k % 16 == 0 (head_dim 128) token runs are staged 16
-//   bytes apart, which spreads the gathers over the shared-memory banks.
+//   bytes apart, which spreads the gathers over the shared-memory banks. The fast path and the general one (the
+//   window block, other layouts) are separate compile-time instances of the main loop.
 //   Each warp then builds a per-token table of value positions (a popcount prefix per 16/8 channels) and
 //   gathers values straight into tensor-core fragments, mma.m16n8k16 with fp32 accumulators:
 //     S^T = K Q^T with M = the warp's 16 tokens, N = 8 query heads (two n8 blocks when G > 8), and
