@@ -599,7 +599,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   }
   const int ntok = max(tend - tbeg, 0);
   const int tile_n_blk = is_win_blk ? p.win_tile : TB;
-  const int ntiles_blk = (ntok + tile_n_blk - 1) / tile_n_blk;
+  const int ntiles = (ntok + tile_n_blk - 1) / tile_n_blk;
   const int ns = p.ns;
 
   // ---- per-side runtime descriptors (shared memory: keeps them out of the registers) ----------
@@ -680,11 +680,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     constexpr bool fast = decltype(fast_c)::value;
     constexpr bool bulk = MUSTAFAR_BULK && FAST == 2 && fast;
     const bool is_win = !fast && is_win_blk;
-    const int tile_n = fast ? TB : tile_n_blk;
-    const int ntiles = fast ? (ntok + TB - 1) / TB : ntiles_blk;
+    const int tile_n = fast ? TB : tile_n_blk;  // (the same value; a constant in the fast instance)
     // ---- variable mode: value-run bounds of the next tiles (prefetched one tile ahead) ----------
     int vcur[2] = {0, 0}, vpref[2] = {0, 0}, vend[2] = {0, 0};
-    if (!is_win && ntiles > 0) {
+    if (!fast && !is_win && ntiles > 0) {  // (the fast path has no variable mode)
 #pragma unroll
       for (int x = 0; x < 2; ++x) {
         if (sd[x].mode == 2) {
