@@ -271,10 +271,12 @@ def sweep(cases=(("llama3-8b", 32, 8192, 0.5), ("llama3-8b", 32, 8192, 0.7), ("s
 
 
 def profile_case():
-    """Three calls of one large case (for ncu: profile the third split_kernel launch)."""
+    """Three calls of one large case (for ncu: profile the third split_kernel launch). PROFILE_CASE="shape:B:L:s"
+    picks another case (default llama3-8b:32:8192:0.7)."""
     from kernel.attention import _cuda_attention
 
-    c = build_fixed_case("llama3-8b", 32, 8192, 0.7)
+    shape, b, l, s = os.environ.get("PROFILE_CASE", "llama3-8b:32:8192:0.7").split(":")
+    c = build_fixed_case(shape, int(b), int(l), float(s))
     for _ in range(3):
         _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"], WINDOW, c["scale"])
     torch.cuda.synchronize()
