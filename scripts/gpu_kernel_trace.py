@@ -1,6 +1,6 @@
 """Phase times of the sparse decode kernel's blocks (GPU measurement build).
 
-Usage: python scripts/gpu_kernel_trace.py SHAPE B L SPARSITY [CALL] [--no-flush]
+Usage: python scripts/gpu_kernel_trace.py SHAPE B L SPARSITY [CALL] [--no-flush | --write-flush]
 e.g.   python scripts/gpu_kernel_trace.py llama3-8b 32 8192 0.7
 
 Builds the extension with -DMUSTAFAR_TRACE=1 (a separate build directory), runs the case CALL times (default 3,
@@ -9,25 +9,29 @@ globaltimer at entry (t0), after the setup barrier, after thread 0 stored its Q 
 is ready (t1), after its last tile (t2), after the partial write and
 the arrival atomic (t3) and at exit (t4, after the row merge for the row's last block). Prints percentiles of each
 phase. The printing itself delays the exits, so the end times of the traced launch are not its normal ones; the
-phase durations up to t3 are. --no-flush skips the L2 flushes (the traced launch then finds the previous
-launch's data in L2 where it fits).
+phase durations up to t3 are. The flush is the benchmark's read flush (kernel.bench_attention.Timer: clean L2, and
+the reduction's code in the instruction caches); --write-flush uses the earlier write flush, --no-flush none (the
+traced launch then finds the previous launch's data in L2 where it fits, and its own code in the caches).
 """
 import os
 import subprocess
 import sys
 
 
-def child(shape, b, l, s, calls, flush_l2):
+def child(shape, b, l, s, calls, flush_mode):
     import torch
 
     from kernel.attention import _cuda_attention
     from kernel.bench_attention import WINDOW, build_fixed_case
 
     c = build_fixed_case(shape, b, l, s)
-    flush = torch.empty(256 * 2**20 // 4, device="cuda")
+    flush = torch.zeros(256 * 2**20 // 4, device="cuda")
+    tmp = torch.empty((), device="cuda")
     for i in range(calls):
-        if flush_l2:
+        if flush_mode == "write":
             flush.fill_(float(i))
+        elif flush_mode == "read":
+            torch.amax(flush, dim=0, out=tmp)
         torch.cuda.synchronize()
         _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"], WINDOW, c["scale"])
         torch.cuda.synchronize()
@@ -66,16 +70,20 @@ def summarize(lines, label):
     show("partial + arrival (t3 - t2)", [r[9] - r[8] for r in split])
     show("row merge, last block (t4 - t3)", [r[10] - r[9] for r in rows if r[5] == 1])
     show("split block end (t3 - first t0)", [r[9] - t_first for r in split])
+    show("window block start (t0 - first t0)", [r[6] - t_first for r in win])
+    show("window block first stage (t1 - t0)", [r[7] - r[6] for r in win if r[7]])
+    show("window block tiles (t2 - t1)", [r[8] - r[7] for r in win if r[7]])
+    show("window block end (t3 - first t0)", [r[9] - t_first for r in win])
+    show("row merge end (t4 - first t0)", [r[10] - t_first for r in rows if r[5] == 1])
     return 0
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]),
-              sys.argv[7] == "1")
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
         return 0
-    flush_l2 = "--no-flush" not in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--no-flush"]
+    flush_mode = "none" if "--no-flush" in sys.argv else ("write" if "--write-flush" in sys.argv else "read")
+    args = [a for a in sys.argv[1:] if a not in ("--no-flush", "--write-flush")]
     if len(args) < 4:
         print(__doc__)
         return 2
@@ -83,12 +91,12 @@ def main():
     calls = int(args[4]) if len(args) > 4 else 3
     env = dict(os.environ, MUSTAFAR_NVCC_EXTRA="-DMUSTAFAR_TRACE=1", MUSTAFAR_TRACE_CALL=str(calls),
                PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, __file__, "--child", shape, b, l, s, str(calls), "1" if flush_l2 else "0"]
+    cmd = [sys.executable, __file__, "--child", shape, b, l, s, str(calls), flush_mode]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         print(out.stdout[-2000:], out.stderr[-4000:])
         return out.returncode
-    return summarize(out.stdout.splitlines(), f"{shape} B={b} L={l} s={s}" + ("" if flush_l2 else " (no L2 flush)"))
+    return summarize(out.stdout.splitlines(), f"{shape} B={b} L={l} s={s} ({flush_mode} flush)")
 
 
 if __name__ == "__main__":

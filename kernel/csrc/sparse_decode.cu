@@ -11,8 +11,10 @@
 //   16-byte-chunk image; fixed mode k % 4 == 0 with layout 2: one padded row per token). The fast path (both sides
 //   fixed-k images, the cache's layout) stages with straight-line cp.async code, or on sm_90 with 3+ stages with
 //   bulk copies (cp.async.bulk + one mbarrier per stage); with k % 16 == 0 (head_dim 128) token runs are staged 16
-//   bytes apart, which spreads the gathers over the shared-memory banks. The fast path and the general one (the
-//   window block, other layouts) are separate compile-time instances of the main loop.
+//   bytes apart, which spreads the gathers over the shared-memory banks. The fast path and the general one (other
+//   layouts; the window block where its rows are not contiguous or do not fit a stage) are separate compile-time
+//   instances of the main loop. In FAST kernels the window block normally takes the fast path too: its dense rows
+//   are staged as a k = D image with all-ones bitmaps (KParams::win_fast).
 //   Each warp then builds a per-token table of value positions (a popcount prefix per 16/8 channels) and
 //   gathers values straight into tensor-core fragments, mma.m16n8k16 with fp32 accumulators:
 //     S^T = K Q^T with M = the warp's 16 tokens, N = 8 query heads (two n8 blocks when G > 8), and
@@ -78,6 +80,7 @@ struct WinArgs {
 
 struct KParams {
   int B, H, G, T, n_win, nsplit, ns, win_tile, win_last;
+  int win_fast;  // FAST kernels: the window blocks run the fast path too (dense rows as k = D images, all-ones bitmaps)
   float scale_log2;
   const char* q;
   int64_t q_sb, q_sh;
@@ -428,8 +431,14 @@ __device__ __forceinline__ void block_coords(const KParams& p, int& s, int& h, i
 // Merge geometry, shared by merge_row and the split rule of sparse_decode_plan: split subsets per float4 output
 // (threads share an output when there are fewer float4 outputs than threads; depends on kThreads, not on the
 // merging block's size, so the fused and the separate merge sum in the same order: bitwise equal) and loads in
-// flight per thread.
-constexpr int kMergeUnroll = 8;
+// flight per thread: 16 (H100, read flush, same build against 8: SmolLM2 B=8 L=32768 70 % 51.1-51.9 -> 48.9-49.3 us,
+// B=8 L=4096 18.1 -> 17.7-17.8 us; the split rule keeps its merge-round cost of 8 loads, kMergeRuleLoads: counted
+// with 16, the rule took 64 splits for Llama-3-8B B=1 L=4096, 17.5 -> 20.2 us).
+#ifndef MUSTAFAR_MERGE_UNROLL
+#define MUSTAFAR_MERGE_UNROLL 16
+#endif
+constexpr int kMergeUnroll = MUSTAFAR_MERGE_UNROLL;
+constexpr int kMergeRuleLoads = 8;
 __host__ __device__ constexpr int merge_parts(int G, int D) {
   return G * (D / 4) >= kThreads ? 1 : (kThreads / (G * (D / 4)) < 8 ? kThreads / (G * (D / 4)) : 8);
 }
@@ -451,6 +460,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
   for (int g = threadIdx.x >> 5; g < G; g += NT / 32) {
     const int ln = threadIdx.x & 31;
     float M = -INFINITY;
+#pragma unroll 4
     for (int s2 = ln; s2 < nsp; s2 += 32) {  // one L2 round trip: the lse values wait in shared memory
       const float x = __ldcg(p.part_lse + (row + s2) * G + g);
       mw[s2 * G + g] = x;
@@ -459,6 +469,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
 #pragma unroll
     for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     float L = 0.f;
+#pragma unroll 1
     for (int s2 = ln; s2 < nsp; s2 += 32) {  // the same lane wrote this entry
       const float w = M == -INFINITY ? 0.f : exp2f(mw[s2 * G + g] - M);
       mw[s2 * G + g] = w;
@@ -598,7 +609,10 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     tend = min(ce, tbeg + per);
   }
   const int ntok = max(tend - tbeg, 0);
-  const int tile_n_blk = is_win_blk ? p.win_tile : TB;
+  // the window block of a FAST kernel runs the fast path (its code is warm from the split blocks, where the general
+  // path's code would be fetched cold) when the host found the window rows contiguous and a stage large enough
+  const bool win_general = is_win_blk && !(FAST != 0 && p.win_fast);
+  const int tile_n_blk = win_general ? p.win_tile : TB;
   const int ntiles = (ntok + tile_n_blk - 1) / tile_n_blk;
   const int ns = p.ns;
 
@@ -617,7 +631,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       r.bm_st = 0;
       r.off_st = 0;
       r.nvals = 0;
-      r.mode = 1;
+      r.mode = win_general ? 1 : 0;  // fast path: the rows as a fixed-k natural image with k = D
       r.k = D;
       r.wpt = D / 2;
       r.src_st_w = w.st / 2;
@@ -649,7 +663,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   // the general one. The two are separate instances of the main loop (main_loop below), so the fast instance carries
   // no general-path code or runtime path checks (H100, same run: SmolLM2 B=32 L=32768 70 % 160.5 -> 156.5 us,
   // Llama-2-7B B=8 L=32768 668 -> 662 us, Llama-3-8B B=32 L=8192 185.1 -> 184.5 us).
-  if (MUSTAFAR_BULK && FAST == 2 && !is_win_blk && tid == 0) {
+  if (MUSTAFAR_BULK && FAST == 2 && !win_general && tid == 0) {
     for (int i = 0; i < p.ns; ++i) mbar_init(smem_u32(&mbar[i]), 1);
     mbar_init_fence();
   }
@@ -709,7 +723,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       unsigned char* sb = smem + slot * p.stage_bytes;
       const int t0 = tbeg + j * TB;
       const int nt = min(TB, ntok - j * TB);
-      const int ff = p.fflags;
+      const int ff = is_win_blk ? 0 : p.fflags;  // window: no skew, bitmaps written below
       // sm_90 bulk form: thread 0 alone posts the stage's byte count on the slot's mbarrier and issues the bulk copies
       // (the bitmaps of both sides as one run each where rows are contiguous and the run starts 16-byte aligned: with
       // 8-byte rows (head_dim 64) an odd last row goes as one cp.async; each unskewed side's value run as one run of
@@ -762,6 +776,9 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           if (t >= nt) {
 #pragma unroll
             for (int w = 0; w < W; ++w) sbm[t * W + w] = 0;
+          } else if (is_win_blk) {  // dense window rows: every channel kept
+#pragma unroll
+            for (int w = 0; w < W; ++w) sbm[t * W + w] = -1;
           } else if (!bm_bulk) {
             const int32_t* src = sd[x].bm + (int64_t)(t0 + t) * sd[x].bm_st;
             if constexpr (W == 4) cp_async16_full(sbm + t * W, src);
@@ -1066,7 +1083,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
     }
   };  // main_loop
   if constexpr (FAST != 0) {
-    if (is_win_blk) main_loop(BoolC<false>{});
+    if (win_general) main_loop(BoolC<false>{});
     else main_loop(BoolC<true>{});
   } else {
     main_loop(BoolC<false>{});
@@ -1409,13 +1426,13 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   int nsplit = p.num_splits;
   if (nsplit <= 0) {
     // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
-    // row's partials by its last block: L2-latency-bound rounds of kMergeUnroll loads per thread, ~0.8 of
+    // row's partials by its last block: L2-latency-bound rounds of kMergeRuleLoads loads per thread, ~0.8 of
     // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
     // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
     // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
     nsplit = 1;
     if (tiles > 1 && rows > 0) {
-      const int per_round = merge_parts(p.G, D) * kMergeUnroll;
+      const int per_round = merge_parts(p.G, D) * kMergeRuleLoads;
       const double merge_round = D == 64 ? 0.8 : 0.45;
       double best = 1e30;
       const int max_ns = tiles < 4096 ? tiles : 4096;
@@ -1504,6 +1521,19 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   }
   const int o = stage_layout(caps, plan.tile, W, kp.vals_off, kp.bm_off, kp.offs_off);
   kp.stage_bytes = o;
+  {
+    // Window blocks on the fast path: the dense rows [win_start, n_win) of each (b, h) are one contiguous run (token
+    // stride D), staged like a fixed-k image with k = D and all-ones bitmaps, where one stage holds them. Measured
+    // (H100, read flush): the general path's code, used by no other block, was fetched cold by every window block
+    // and made it the last block of its row on small grids. MUSTAFAR_WIN_FAST=0 keeps the general path (A/B
+    // switch; same results up to rounding order).
+    static const bool env_off = [] {
+      const char* v = std::getenv("MUSTAFAR_WIN_FAST");
+      return v && v[0] == '0';
+    }();
+    const int need = (p.n_win < plan.tile ? p.n_win : plan.tile) * D + 8;
+    kp.win_fast = plan.fast && !env_off && p.k_win.st == D && p.v_win.st == D && caps[0] >= need && caps[1] >= need;
+  }
   {
     auto row16 = [&](const CompressedSide& s) {  // contiguous rows, 16-byte aligned (b, h) bases
       return s.bm_st == W && reinterpret_cast<uintptr_t>(s.bitmap) % 16 == 0 && s.bm_sb % 4 == 0 && s.bm_sh % 4 == 0;
