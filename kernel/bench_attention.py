@@ -159,9 +159,11 @@ class Timer:
     flush="read" (default): a reduction reads a buffer >= 2x L2, so the timed call starts with an L2 full of clean,
     unrelated lines, as in a decode step. flush="write" (this benchmark's method up to 2026-11-26) fills the buffer
     instead: the timed call then also pays the write-back of up to one L2 of dirty lines, which competes with its HBM
-    reads. Measured (H100, same run): dense SDPA SmolLM2 B=8 L=32768 84.4 us after a write flush, 74.3 us after a read
-    flush; the sparse kernel 51.4 / 50.1 us; Llama-3-8B B=32 L=8192 dense 369 / 361 us, sparse 181 / 177 us. The
-    write flush slowed HBM-bound kernels the most, so it flattered the speedups of the small head_dim-64 cases.
+    reads, and (the fill kernel being tiny) finds its own code still in the SMs' instruction caches. Measured (H100,
+    same run, scripts/gpu_flush_ab.py): dense SDPA SmolLM2 B=8 L=32768 84.4 us after a write flush, 74.3 us after a
+    read flush, the sparse kernel 51.4 / 50.1 us; Llama-3-8B B=32 L=8192 dense 369 / 361 us, sparse 181 / 177 us;
+    the v14 sparse kernel on SmolLM2 B=1 L=4096 12.1-12.5 / 17.3-17.5 us (cold code). The write flush flattered the
+    speedups of the head_dim-64 and the small cases.
     """
 
     def __init__(self, reps: int = 30, warmup: int = 3, flush: str = "read"):
@@ -476,7 +478,8 @@ def run_benchmark(cases: list[dict], out_dir: str, reps: int = 30, check_rows: i
             spread = max(max(v) / min(v) for v in (t_dense_r, r["sparse_us_rounds"], r["simulated_us_rounds"]))
             print(f"{shape:10s} B={b:3d} L={l:6d} s={r['sparsity']:.1f} dense {t_dense:8.1f} us  sparse {t_sparse:8.1f} "
                   f"us  sim {t_sim:8.1f} us  x{r['speedup']:.2f} (ceil {r['ceiling']:.2f})  {r['sparse_gbs']:7.0f} "
-                  f"GB/s {r['pct_copy_bw']:5.1f}%  floor {r['floor_us']:7.1f} us (x{r['floor_speedup']:.2f})  err {r['rel_err']:.1e}  [splits {r['splits']} stages "
+                  f"GB/s {r['pct_copy_bw']:5.1f}%  floor {r['floor_us']:7.1f} us (x{r['floor_speedup']:.2f})  "
+                  f"err {r['rel_err']:.1e}  [splits {r['splits']} stages "
                   f"{r['stages']} tile {r['tile']} occ {r['blocks_per_sm']}]" + (f"  (rounds differ by {100 * (spread - 1):.0f} %)"
                                                                  if spread > 1.1 else ""), flush=True)
             results.append(r)
