@@ -22,16 +22,13 @@ def child(shape, b, l, s, calls, flush_mode):
     import torch
 
     from kernel.attention import _cuda_attention
-    from kernel.bench_attention import WINDOW, build_fixed_case
+    from kernel.bench_attention import WINDOW, Timer, build_fixed_case
 
     c = build_fixed_case(shape, b, l, s)
-    flush = torch.zeros(256 * 2**20 // 4, device="cuda")
-    tmp = torch.empty((), device="cuda")
+    timer = None if flush_mode == "none" else Timer(flush=flush_mode)
     for i in range(calls):
-        if flush_mode == "write":
-            flush.fill_(float(i))
-        elif flush_mode == "read":
-            torch.amax(flush, dim=0, out=tmp)
+        if timer:
+            timer.flush_l2(i)
         torch.cuda.synchronize()
         _cuda_attention(c["q"], c["k_chunk"], c["v_chunk"], c["k_win"], c["v_win"], WINDOW, c["scale"])
         torch.cuda.synchronize()
