@@ -81,6 +81,7 @@ struct WinArgs {
 struct KParams {
   int B, H, G, T, n_win, nsplit, ns, win_tile, win_last;
   int win_fast;  // FAST kernels: the window blocks run the fast path too (dense rows as k = D images, all-ones bitmaps)
+  int warm_merge;  // blocks that are not their row's last run the merge dry (see merge_row)
   float scale_log2;
   const char* q;
   int64_t q_sb, q_sh;
@@ -447,13 +448,24 @@ __host__ __device__ constexpr int merge_parts(int G, int D) {
 // Merge of one row's partials: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max).
 // Run by the separate merge kernel, or (default) by the last split block of the row to finish.
 // Partials are read with ld.global.cg: they were written by other blocks of the same launch.
+// dry_slot >= 0: a dry run by a block that is not the row's last (single-wave grids, KParams::warm_merge), through the
+// same code (one call site) with all loads from one word of the block's own slot and no stores: it fetches the code into
+// the L2 and the SM's instruction caches before the row's last block needs it (the merge runs once per row, so its
+// code is otherwise cold on the critical path: v15 traces, read flush against none, 1.2-2.4 us of a 5-6 us merge).
 // ------------------------------------------------------------------------------------------------
 constexpr int kMergeThreads = 256;
 
 template <int D, bool BF16, int NT>
-__device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float* mw) {  // mw: [nsp][G] + 2G floats
-  const int G = p.G, nsp = p.nsplit + 1;
-  const int64_t row = (int64_t)(b * p.H + h) * nsp;
+__device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float* mw,  // mw: [nsp][G] + 2G floats
+                                          int dry_slot = -1) {
+  const int G = p.G, nsp_row = p.nsplit + 1;
+  const bool dry = dry_slot >= 0;
+  const int parts = merge_parts(G, D);
+  // a dry run's trip counts: every loop body at least once where the real merge runs it
+  const int nsp = dry ? min(nsp_row, kMergeUnroll * parts + 1) : nsp_row;
+  const int64_t row = (int64_t)(b * p.H + h) * nsp_row;
+  const int64_t src = dry ? row + dry_slot : row;  // first slot read, and the slot stride below (0 when dry)
+  const int lstride = dry ? 0 : G;
   float* inv = mw + nsp * G;
   float* lsev = inv + G;
   // one warp per query head computes the split weights 2^(lse_s - max)
@@ -462,7 +474,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
     float M = -INFINITY;
 #pragma unroll 4
     for (int s2 = ln; s2 < nsp; s2 += 32) {  // one L2 round trip: the lse values wait in shared memory
-      const float x = __ldcg(p.part_lse + (row + s2) * G + g);
+      const float x = __ldcg(p.part_lse + src * G + s2 * lstride + g);
       mw[s2 * G + g] = x;
       M = fmaxf(M, x);
     }
@@ -486,13 +498,13 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
   // weighted sum: one float4 of channels per thread and split subset (parts threads share an output when there
   // are fewer float4 outputs than threads); kMergeUnroll loads in flight per thread (the sum is L2-latency-bound)
   const int nvec = G * (D / 4);
-  const int parts = merge_parts(G, D);
   float4* red = reinterpret_cast<float4*>(mw + ((nsp * G + 2 * G + 3) & ~3));  // 16-B aligned, (NT-1)... float4s
-  const float4* po4 = reinterpret_cast<const float4*>(p.part_o + row * G * D);
-  const int sstride = G * (D / 4);  // float4s per split
+  const float4* po4 = reinterpret_cast<const float4*>(p.part_o + src * G * D);
+  const int sstride = dry ? 0 : G * (D / 4);  // float4s per split
   for (int base = 0; base < nvec * parts; base += NT) {
     const int t = base + threadIdx.x;
     const int v = t % nvec, part = t / nvec;
+    const int vl = dry ? 0 : v;  // a dry run's warp loads read one 16-byte word (little L2 traffic)
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     const int g = (4 * v) / D;
     if (part < parts) {
@@ -501,7 +513,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
       for (; s2 + (U - 1) * parts < nsp; s2 += U * parts) {
         float4 x[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) x[u] = __ldcg(po4 + (int64_t)(s2 + u * parts) * sstride + v);
+        for (int u = 0; u < U; ++u) x[u] = __ldcg(po4 + (int64_t)(s2 + u * parts) * sstride + vl);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const float w = mw[(s2 + u * parts) * G + g];
@@ -512,7 +524,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
         }
       }
       for (; s2 < nsp; s2 += parts) {
-        const float4 x = __ldcg(po4 + (int64_t)s2 * sstride + v);
+        const float4 x = __ldcg(po4 + (int64_t)s2 * sstride + vl);
         const float w = mw[s2 * G + g];
         acc.x += w * x.x;
         acc.y += w * x.y;
@@ -533,7 +545,7 @@ __device__ __forceinline__ void merge_row(const KParams& p, int h, int b, float*
         }
       }
     }
-    if (part == 0 && v < nvec) {
+    if (part == 0 && v < nvec && !dry) {
       const float iv = inv[g];
       const int c = 4 * v - g * D;
       char* dst = p.out + 2 * (b * p.o_sb + (int64_t)(h * G + g) * p.o_sh + c);
@@ -555,6 +567,10 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const __grid_const
 // ------------------------------------------------------------------------------------------------
 // Split kernel
 // ------------------------------------------------------------------------------------------------
+#ifndef MUSTAFAR_WARM_EVERY
+#define MUSTAFAR_WARM_EVERY 4  // dry merge runs (KParams::warm_merge) by the split blocks with s % this == 0
+#endif
+constexpr int kWarmEvery = MUSTAFAR_WARM_EVERY;
 #ifndef MUSTAFAR_MIN_BLOCKS
 #define MUSTAFAR_MIN_BLOCKS 4  // blocks per SM the register allocation must allow (G <= 8); experiments: -D...=5
 #endif
@@ -1160,14 +1176,17 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
              tr[1], tr[2], tr[3], tr[4], tr[5], tr[6]);
     }
   };
-  if (!s_last) {
+  const bool last = s_last;
+  if (!last && !(p.warm_merge && s % kWarmEvery == 0)) {
     trace_out(0);
     return;
   }
-  __threadfence();
-  if (tid == 0) p.counters[b * p.H + h] = 0;  // all nsp blocks of this row have arrived: safe to reset
-  merge_row<D, BF16, kThreads>(p, h, b, reinterpret_cast<float*>(smem));
-  trace_out(1);
+  if (last) {
+    __threadfence();
+    if (tid == 0) p.counters[b * p.H + h] = 0;  // all nsp blocks of this row have arrived: safe to reset
+  }
+  merge_row<D, BF16, kThreads>(p, h, b, reinterpret_cast<float*>(smem), last ? -1 : s);  // one call site: see dry_slot
+  trace_out(last ? 1 : 0);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1422,24 +1441,30 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   const int sms = sm_count_of_current_device();
   const int64_t slots = (int64_t)(sms > 0 ? sms : 1) * occ;
   const int64_t rows = (int64_t)p.B * p.H;
-  const int tiles = (p.T + kTile - 1) / kTile;  // the rule counts 64-token tiles for either stage size
+  const int tiles = (p.T + kTile - 1) / kTile;  // 64-token tiles (the rule's time unit)
   int nsplit = p.num_splits;
   if (nsplit <= 0) {
-    // Cost in tile times: waves of equal blocks x (a block's tiles + 1 for its fixed costs), plus the merge of the
-    // row's partials by its last block: L2-latency-bound rounds of kMergeRuleLoads loads per thread, ~0.8 of
-    // a head_dim-64 tile each, ~0.45 of a head_dim-128 tile. The merge term was fitted on H200 to the split sweeps
-    // in docs/KERNEL_NOTES.md (v7): without it the rule took the most splits that fit one wave, e.g. Llama-3-8B
-    // B=1 L=4096: 64 splits 23.4 us, where 32 splits take 17.9 us.
+    // Cost in 64-token tile times: waves of equal blocks x (a block's stages + 1 for its fixed costs), plus the
+    // merge of the row's partials by its last block: rounds of kMergeRuleLoads loads per thread, ~0.6 of a
+    // 64-token tile at head_dim 64, ~0.45 at head_dim 128. A block's stages are counted in the kernel's stage size
+    // (`tile` tokens, as the kernel cuts the rows: ceil(T / n) rounded up to 16) because a part-filled stage costs
+    // about as much as a full one (H100, read flush, v16: SmolLM2 B=1 L=32768 70 %, 128-token stages: 103 splits of
+    // 2.5 stages 20.0-20.1 us, 128 splits of 2 stages 18.4-18.6 us; the rule counted 64-token tiles before).
+    // The merge term was fitted on H200 to the split sweeps in docs/KERNEL_NOTES.md (v7): without it the rule took
+    // the most splits that fit one wave, e.g. Llama-3-8B B=1 L=4096: 64 splits 23.4 us, where 32 splits take
+    // 17.9 us; v16 lowered it from 0.8 to 0.6 at head_dim 64 with the stage count above.
     nsplit = 1;
     if (tiles > 1 && rows > 0) {
       const int per_round = merge_parts(p.G, D) * kMergeRuleLoads;
-      const double merge_round = D == 64 ? 0.8 : 0.45;
+      const double merge_round = D == 64 ? 0.6 : 0.45;
       double best = 1e30;
       const int max_ns = tiles < 4096 ? tiles : 4096;
       for (int n = 1; n <= max_ns; ++n) {
         const int64_t waves = (rows * n + slots - 1) / slots;
         const int64_t rounds = (n + 1 + per_round - 1) / per_round;
-        const double cost = (double)waves * ((tiles + n - 1) / n + 1.0) + merge_round * (double)rounds;
+        const int per = (((p.T + n - 1) / n) + 15) & ~15;                     // tokens per split block
+        const double stages = (double)((per + tile - 1) / tile) * (tile / kTile);  // in 64-token tiles
+        const double cost = (double)waves * (stages + 1.0) + merge_round * (double)rounds;
         if (cost < best - 1e-9) { best = cost; nsplit = n; }
       }
     }
@@ -1455,6 +1480,14 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
     return v ? (v[0] == '1' ? 1 : 0) : -1;
   }();
   plan->win_last = win_env >= 0 ? win_env : (rows * (nsplit + 1) > slots ? 1 : 0);
+  // Dry merge runs (see merge_row) where the grid is one wave: there the row merges all come at the end, on cold
+  // code. In longer grids the first merges fetch the code while later waves still run, and a dry run would delay
+  // the next wave. MUSTAFAR_WARM_MERGE=0/1 forces it (A/B switch; same results).
+  static const int warm_env = [] {
+    const char* v = std::getenv("MUSTAFAR_WARM_MERGE");
+    return v ? (v[0] == '1' ? 1 : 0) : -1;
+  }();
+  plan->warm_merge = warm_env >= 0 ? warm_env : (rows * (nsplit + 1) <= slots ? 1 : 0);
   plan->workspace_floats = rows * (int64_t)(nsplit + 1) * p.G * (D + 1);
   return cudaSuccess;
 }
@@ -1474,6 +1507,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   kp.ns = plan.num_stages;
   kp.win_tile = plan.win_tile;
   kp.win_last = plan.win_last;
+  kp.warm_merge = plan.warm_merge;
   kp.scale_log2 = p.scale * 1.4426950408889634f;
   kp.q = static_cast<const char*>(p.q);
   kp.q_sb = p.q_sb;
