@@ -26,6 +26,8 @@
 //   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
 //   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
 //   merge kernel (same arithmetic, bitwise-equal results) is used only where no counter buffer can be had.
+//   Where the grid fits one wave, every fourth split block that is not its row's last runs the merge dry (same
+//   code, one-word loads, no stores) to fetch the merge code before the last block needs it (KParams::warm_merge).
 //   bf16: P is split into hi + lo bf16 parts (two mmas) so P keeps ~16 bits of precision.
 #include "sparse_decode.cuh"
 
