@@ -26,7 +26,7 @@
 //   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
 //   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
 //   merge kernel (same arithmetic, bitwise-equal results) is used only where no counter buffer can be had.
-//   Where the grid fits one wave, every fourth split block that is not its row's last runs the merge dry (same
+//   Where the grid fits one wave with a slot to spare, every fourth split block that is not its row's last runs the merge dry (same
 //   code, one-word loads, no stores) to fetch the merge code before the last block needs it (KParams::warm_merge).
 //   bf16: P is split into hi + lo bf16 parts (two mmas) so P keeps ~16 bits of precision.
 #include "sparse_decode.cuh"
@@ -1482,14 +1482,17 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
     return v ? (v[0] == '1' ? 1 : 0) : -1;
   }();
   plan->win_last = win_env >= 0 ? win_env : (rows * (nsplit + 1) > slots ? 1 : 0);
-  // Dry merge runs (see merge_row) where the grid is one wave: there the row merges all come at the end, on cold
-  // code. In longer grids the first merges fetch the code while later waves still run, and a dry run would delay
-  // the next wave. MUSTAFAR_WARM_MERGE=0/1 forces it (A/B switch; same results).
+  // Dry merge runs (see merge_row) where the grid is one wave with a free block slot: there the row merges all come
+  // at the end, on cold code. In longer grids the first merges fetch the code while later waves still run, and a dry
+  // run would delay the next wave; where the grid fills every slot (SmolLM2 B=8: 24 rows x 33 blocks = 792 slots)
+  // the dry runs took issue slots from blocks still computing (H100, same run, three rounds: B=8 L=4096 70 %
+  // 16.9-17.7 -> 17.5-18.0 us, L=32768 49.4-50.2 -> 50.1-50.3 us). MUSTAFAR_WARM_MERGE=0/1 forces it (A/B switch;
+  // same results).
   static const int warm_env = [] {
     const char* v = std::getenv("MUSTAFAR_WARM_MERGE");
     return v ? (v[0] == '1' ? 1 : 0) : -1;
   }();
-  plan->warm_merge = warm_env >= 0 ? warm_env : (rows * (nsplit + 1) <= slots ? 1 : 0);
+  plan->warm_merge = warm_env >= 0 ? warm_env : (rows * (nsplit + 1) < slots ? 1 : 0);
   plan->workspace_floats = rows * (int64_t)(nsplit + 1) * p.G * (D + 1);
   return cudaSuccess;
 }
