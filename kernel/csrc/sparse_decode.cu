@@ -26,8 +26,9 @@
 //   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
 //   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
 //   merge kernel (same arithmetic, bitwise-equal results) is used only where no counter buffer can be had.
-//   Where the grid fits one wave with a slot to spare, every fourth split block that is not its row's last runs the merge dry (same
-//   code, one-word loads, no stores) to fetch the merge code before the last block needs it (KParams::warm_merge).
+//   Where the grid fits one wave with a block slot to spare, every fourth split block that is not its row's last runs
+//   the merge dry (same code, one-word loads, no stores) to fetch the merge code before the last block needs it
+//   (KParams::warm_merge).
 //   bf16: P is split into hi + lo bf16 parts (two mmas) so P keeps ~16 bits of precision.
 #include "sparse_decode.cuh"
 
@@ -450,10 +451,11 @@ __host__ __device__ constexpr int merge_parts(int G, int D) {
 // Merge of one row's partials: out[b, h*G+g, :] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max).
 // Run by the separate merge kernel, or (default) by the last split block of the row to finish.
 // Partials are read with ld.global.cg: they were written by other blocks of the same launch.
-// dry_slot >= 0: a dry run by a block that is not the row's last (single-wave grids, KParams::warm_merge), through the
-// same code (one call site) with all loads from one word of the block's own slot and no stores: it fetches the code into
-// the L2 and the SM's instruction caches before the row's last block needs it (the merge runs once per row, so its
-// code is otherwise cold on the critical path: v15 traces, read flush against none, 1.2-2.4 us of a 5-6 us merge).
+// dry_slot >= 0: a dry run by a block that is not the row's last (one-wave grids with a free block slot,
+// KParams::warm_merge), through the same code (one call site) with all loads from one word of the block's own slot and
+// no stores: it fetches the code into the L2 and the SM's instruction caches before the row's last block needs it
+// (the merge runs once per row, so its code is otherwise cold on the critical path: v15 traces, read flush against
+// none, 1.2-2.4 us of a 5-6 us merge).
 // ------------------------------------------------------------------------------------------------
 constexpr int kMergeThreads = 256;
 
@@ -1221,6 +1223,13 @@ SplitFn pick_split(int D, bool bf16, bool gbig, int gather, bool fast, int num_s
   return gbig ? split_fn<64, false, true>(pred, f, tb) : split_fn<64, false, false>(pred, f, tb);
 }
 
+// A/B switches read from the environment (each call site caches its value): -1 unset, 1 if the value starts with
+// '1', else 0.
+int env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? (v[0] == '1' ? 1 : 0) : -1;
+}
+
 // Bitmap rows of a side can be staged with one (D/8)-byte cp.async per token.
 bool bitmap_vec(const CompressedSide& s, int W) {
   return (reinterpret_cast<uintptr_t>(s.bitmap) % (4 * W) == 0) && s.bm_sb % W == 0 && s.bm_sh % W == 0 &&
@@ -1230,10 +1239,7 @@ bool bitmap_vec(const CompressedSide& s, int W) {
 // The fast staging path: both sides fixed-k natural images with vector-copyable bitmaps (the cache's layout).
 // MUSTAFAR_NO_FAST=1 turns it off (A/B switch for benchmarks; same results).
 bool use_fast(const DecodeParams& p, int k_mode, int v_mode) {
-  static const bool off = [] {
-    const char* v = std::getenv("MUSTAFAR_NO_FAST");
-    return v && v[0] == '1';
-  }();
+  static const bool off = env_switch("MUSTAFAR_NO_FAST") == 1;
   const int W = p.D / 32;
   return !off && k_mode == 0 && v_mode == 0 && bitmap_vec(p.k, W) && bitmap_vec(p.v, W);
 }
@@ -1299,10 +1305,7 @@ int side_mode(const CompressedSide& s, int layout) {
 // B=32 L=32768 but lost 9 % at B=32 L=8192 (the larger stages cost one of 6 blocks per SM).
 // MUSTAFAR_NO_SKEW=1 turns it off (A/B switch; same results).
 bool skew_side(const CompressedSide& s, int mode, bool fast, int D) {
-  static const bool off = [] {
-    const char* v = std::getenv("MUSTAFAR_NO_SKEW");
-    return v && v[0] == '1';
-  }();
+  static const bool off = env_switch("MUSTAFAR_NO_SKEW") == 1;
   if (off) return false;
   const bool aligned16 = (reinterpret_cast<uintptr_t>(s.values) % 16 == 0) && (s.val_sb % 8 == 0) && (s.val_sh % 8 == 0);
   return fast && mode == 0 && !s.offsets && s.k % 16 == 0 && aligned16 && D == 128;
@@ -1477,10 +1480,7 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   // Window blocks after all split blocks where the grid overflows one wave of block slots: measured on H200 (v8),
   // Llama-3-8B B=32 L=8192 70 %: 248.8 -> 226.9 us; where everything fits one wave the interleaved order was
   // 0.5-0.9 us faster. MUSTAFAR_WIN_LAST=0/1 forces the order (A/B switch; same results).
-  static const int win_env = [] {
-    const char* v = std::getenv("MUSTAFAR_WIN_LAST");
-    return v ? (v[0] == '1' ? 1 : 0) : -1;
-  }();
+  static const int win_env = env_switch("MUSTAFAR_WIN_LAST");
   plan->win_last = win_env >= 0 ? win_env : (rows * (nsplit + 1) > slots ? 1 : 0);
   // Dry merge runs (see merge_row) where the grid is one wave with a free block slot: there the row merges all come
   // at the end, on cold code. In longer grids the first merges fetch the code while later waves still run, and a dry
@@ -1488,10 +1488,7 @@ cudaError_t sparse_decode_plan(const DecodeParams& p, DecodePlan* plan, const ch
   // the dry runs took issue slots from blocks still computing (H100, same run, three rounds: B=8 L=4096 70 %
   // 16.9-17.7 -> 17.5-18.0 us, L=32768 49.4-50.2 -> 50.1-50.3 us). MUSTAFAR_WARM_MERGE=0/1 forces it (A/B switch;
   // same results).
-  static const int warm_env = [] {
-    const char* v = std::getenv("MUSTAFAR_WARM_MERGE");
-    return v ? (v[0] == '1' ? 1 : 0) : -1;
-  }();
+  static const int warm_env = env_switch("MUSTAFAR_WARM_MERGE");
   plan->warm_merge = warm_env >= 0 ? warm_env : (rows * (nsplit + 1) < slots ? 1 : 0);
   plan->workspace_floats = rows * (int64_t)(nsplit + 1) * p.G * (D + 1);
   return cudaSuccess;
@@ -1600,10 +1597,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   const int merge_smem_fused = merge_w + kThreads * 16;
   const int merge_smem = merge_w + kThreads * 16;
   // fused merge (last block of a row) where its weights fit the split kernel's shared memory
-  static const bool env_separate = [] {  // MUSTAFAR_SEPARATE_MERGE=1: A/B switch for benchmarks
-    const char* v = std::getenv("MUSTAFAR_SEPARATE_MERGE");
-    return v && v[0] == '1';
-  }();
+  static const bool env_separate = env_switch("MUSTAFAR_SEPARATE_MERGE") == 1;  // A/B switch for benchmarks
   const bool separate = p.separate_merge || env_separate;
   kp.counters = (merge_smem_fused <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
   dim3 grid(plan.num_splits + 1, p.H, p.B);

@@ -63,7 +63,8 @@ struct DecodePlan {
   int k_mode = 0, v_mode = 0;       // 0: fixed (natural image), 1: fixed (padded rows), 2: variable
   int blocks_per_sm = 0;            // occupancy of the split kernel
   int win_last = 0;                 // launch order: 1 = all split blocks first, then the window blocks
-  int warm_merge = 0;               // 1: blocks that do not merge their row run the merge code dry (one-wave grids)
+  int warm_merge = 0;               // 1: blocks that do not merge their row run the merge code dry (one-wave
+                                    //    grids with a free block slot)
   int fast = 0;                     // fast staging path (both sides fixed-k images, vector-copyable bitmaps)
   int skew[2] = {0, 0};             // K / V token runs staged 16 bytes apart (fast path, k % 16 == 0, d128)
   int cap_halves[2] = {0, 0};       // K / V value capacity of one stage, in halves
