@@ -145,6 +145,19 @@ def test_stage_sizes(d, k, g):
     _check(inp, num_splits=1)  # one block per row: many stages, the last one partial
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("d,g", [(128, 4), (64, 3)])
+def test_wide_score_range(d, g, dtype):
+    """Scores spread over tens of log2 units (scale x 24): within a block the running max rises past the lazy-max
+    threshold several times, and most sub-tiles take their probabilities against a max below their own scores."""
+    inp = make_inputs(2, 2 * g, 2, d, 3000, (3 * d) // 10, mode="fixed", dtype=dtype, device="cuda", n_win=9,
+                      ragged=True, seed=404 + d)
+    _safe_ragged(inp)
+    inp["scale"] = inp["scale"] * 24.0
+    _check(inp, num_splits=1)  # one block per row: every sub-tile of the row in one running max
+    _check(inp)
+
+
 def test_random_property_sweep():
     gen = torch.Generator().manual_seed(2024)
     for i in range(12):

@@ -299,36 +299,55 @@ struct Gather {
 // 8 query heads). Lane (gq, q4) holds tokens gq (sc[0], sc[1]) and gq + 8 (sc[2], sc[3]) of heads 2 q4 (sc[0], sc[2])
 // and 2 q4 + 1 (sc[1], sc[3]); m[c], l[c] are the running max and (lane-partial) sum of head 2 q4 + c, and
 // oacc[mb][c], oacc[mb][2 + c] the matching O^T accumulators (rescaled when a max moved in any lane).
-// sc is replaced by the probabilities.
+// sc (scaled scores, -inf for tokens past the end) is replaced by the probabilities. m starts at kMaxInit (finite),
+// so no max is ever -inf. Lazy max (MUSTAFAR_LAZY_MAX): the max is raised, across the warp, only when some lane
+// holds a score above the running max + kLazyTau; otherwise the probabilities are taken against the running max as
+// it is (at most 2^kLazyTau, exact in fp16 / the bf16 hi + lo split), which skips the shuffle reduction, the two
+// rescale exponentials and the O^T rescale on almost every sub-tile. Any reference max gives the same result: the
+// final output is O / l and the partial's lse is m + log2(l).
+#ifndef MUSTAFAR_LAZY_MAX
+#define MUSTAFAR_LAZY_MAX 1
+#endif
+#ifndef MUSTAFAR_LAZY_TAU
+#define MUSTAFAR_LAZY_TAU 8.0f
+#endif
+constexpr float kLazyTau = MUSTAFAR_LAZY_TAU;
+constexpr float kMaxInit = -1e30f;  // start of the running max (finite: no -inf guards in the update)
 template <int NMB>
 __device__ __forceinline__ void online_softmax_cols(float (&sc)[4], float (&m)[2], float (&l)[2],
                                                     float (&oacc)[NMB][4]) {
   float mx0 = fmaxf(sc[0], sc[2]), mx1 = fmaxf(sc[1], sc[3]);
+#if MUSTAFAR_LAZY_MAX
+  if (__any_sync(0xffffffffu, (mx0 > m[0] + kLazyTau) || (mx1 > m[1] + kLazyTau)))
+#endif
+  {
 #pragma unroll
-  for (int o = 4; o < 32; o <<= 1) {
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-  }
-  const float mn0 = fmaxf(m[0], mx0), mn1 = fmaxf(m[1], mx1);
-  const float mu0 = (mn0 == -INFINITY) ? 0.f : mn0, mu1 = (mn1 == -INFINITY) ? 0.f : mn1;
-  const float al0 = exp2f(m[0] - mu0), al1 = exp2f(m[1] - mu1);
-  m[0] = mn0;
-  m[1] = mn1;
-  sc[0] = exp2f(sc[0] - mu0);
-  sc[2] = exp2f(sc[2] - mu0);
-  sc[1] = exp2f(sc[1] - mu1);
-  sc[3] = exp2f(sc[3] - mu1);
-  l[0] = l[0] * al0 + (sc[0] + sc[2]);
-  l[1] = l[1] * al1 + (sc[1] + sc[3]);
-  if (__any_sync(0xffffffffu, (al0 != 1.f) || (al1 != 1.f))) {
+    for (int o = 4; o < 32; o <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+    }
+    const float mn0 = fmaxf(m[0], mx0), mn1 = fmaxf(m[1], mx1);
+    const float al0 = exp2f(m[0] - mn0), al1 = exp2f(m[1] - mn1);
+    m[0] = mn0;
+    m[1] = mn1;
+    l[0] *= al0;
+    l[1] *= al1;
+    if (__any_sync(0xffffffffu, (al0 != 1.f) || (al1 != 1.f))) {
 #pragma unroll
-    for (int mb = 0; mb < NMB; ++mb) {
-      oacc[mb][0] *= al0;
-      oacc[mb][2] *= al0;
-      oacc[mb][1] *= al1;
-      oacc[mb][3] *= al1;
+      for (int mb = 0; mb < NMB; ++mb) {
+        oacc[mb][0] *= al0;
+        oacc[mb][2] *= al0;
+        oacc[mb][1] *= al1;
+        oacc[mb][3] *= al1;
+      }
     }
   }
+  sc[0] = exp2f(sc[0] - m[0]);
+  sc[2] = exp2f(sc[2] - m[0]);
+  sc[1] = exp2f(sc[1] - m[1]);
+  sc[3] = exp2f(sc[3] - m[1]);
+  l[0] += sc[0] + sc[2];
+  l[1] += sc[1] + sc[3];
 }
 
 // 8x8 transpose of a b16 fragment (lane: row gq, columns 2 q4, 2 q4 + 1) within the warp.
@@ -697,7 +716,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   for (int nh = 0; nh < NH; ++nh) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      mh[nh][c] = NEG_INF;
+      mh[nh][c] = kMaxInit;
       lh[nh][c] = 0.f;
     }
 #pragma unroll
@@ -1033,15 +1052,20 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
         // ---- online softmax (log2 domain), per head over the tokens ----
         {
           const int vlim = nt - tw;
-          const bool va = gq < vlim, vb = gq + 8 < vlim;
 #pragma unroll
-          for (int nh = 0; nh < NH; ++nh) {
-            sacc[nh][0] = va ? sacc[nh][0] * p.scale_log2 : NEG_INF;
-            sacc[nh][1] = va ? sacc[nh][1] * p.scale_log2 : NEG_INF;
-            sacc[nh][2] = vb ? sacc[nh][2] * p.scale_log2 : NEG_INF;
-            sacc[nh][3] = vb ? sacc[nh][3] * p.scale_log2 : NEG_INF;
-            online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
+          for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sacc[nh][e] *= p.scale_log2;
+          if (vlim < 16) {  // a partial sub-tile (warp-uniform): tokens past the end get -inf
+            const bool va = gq < vlim, vb = gq + 8 < vlim;
+#pragma unroll
+            for (int nh = 0; nh < NH; ++nh) {
+              if (!va) sacc[nh][0] = sacc[nh][1] = NEG_INF;
+              if (!vb) sacc[nh][2] = sacc[nh][3] = NEG_INF;
+            }
           }
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh) online_softmax_cols<NMB>(sacc[nh], mh[nh], lh[nh], oacc[nh]);
         }
         // P^T as the B operand of O^T += V^T P^T (k = the warp's 16 tokens, n = heads): the probabilities of tokens
         // gq / gq + 8 packed per head pair, transposed per 8x8 block (movmatrix) into (tokens 2 q4, 2 q4 + 1; head gq)
