@@ -158,6 +158,15 @@ def test_wide_score_range(d, g, dtype):
     _check(inp)
 
 
+@pytest.mark.parametrize("num_splits", [0, 1, 7])
+def test_token_permutation(num_splits):
+    """Head_dim 64 with k = 32 maps the warp's tokens to the mma rows in a permuted order (kFPermTok, bank conflicts):
+    ragged rows, a window, and splits that end in part-filled 16-token sub-tiles."""
+    inp = make_inputs(3, 6, 2, 64, 501, 32, mode="fixed", device="cuda", n_win=5, ragged=True, seed=909 + num_splits)
+    _safe_ragged(inp)
+    _check(inp, num_splits=num_splits)
+
+
 def test_random_property_sweep():
     gen = torch.Generator().manual_seed(2024)
     for i in range(12):

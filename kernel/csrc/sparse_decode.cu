@@ -75,6 +75,14 @@ struct SideArgs {
 // 16-byte aligned (b, h) bases, so a tile's rows can go as one bulk copy (8-byte rows: where the block's first token
 // is even); K / V token runs skewed (skew_side).
 constexpr int kFBmBulk = 1, kFSkewK = 2, kFSkewV = 4;
+// kFPermTok (any block): the warp's 16 tokens are mapped to the mma rows / P^T columns in the order
+// perm_tok(j) = (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1) (0 2 1 3 within each group of 4), so that the first value
+// load of each V pair reads tokens of both parities. Set for head_dim 64 with k = 32 on the V side: 64-byte value runs
+// start in bank 0 for even and bank 16 for odd tokens, and in natural order each V load read four tokens of one
+// parity (4-way conflicts). scripts/bank_conflict_sim.py: V gather wavefronts per 16-token tile 88 -> 61 (K side
+// unchanged; other k within +-3 %).
+constexpr int kFPermTok = 8;
+__device__ __forceinline__ int perm_tok(int j, bool on) { return on ? ((j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)) : j; }
 
 struct WinArgs {
   const char* data;
@@ -100,7 +108,7 @@ struct KParams {
   SideArgs side[2];
   WinArgs win[2];
   int stage_bytes;
-  int fflags;  // fast path: kFBmBulk, kFSkewK, kFSkewV
+  int fflags;  // fast path: kFBmBulk, kFSkewK, kFSkewV; any path: kFPermTok
   int trace_on;    // MUSTAFAR_TRACE builds: this launch prints its block phase times
   int vals_off[2], bm_off[2], offs_off[2];
   int info_off, table_off;
@@ -1013,7 +1021,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           uint32_t kf[2][D / 8];
 #pragma unroll
           for (int jt = 0; jt < 2; ++jt) {
-            const int xk = 8 * jt + gq;
+            const int xk = 8 * jt + perm_tok(gq, p.fflags & kFPermTok);  // token of mma row 8 jt + gq
             const uint32_t ents = reinterpret_cast<const uint32_t*>(table)[(warp * 32 + xk) * 4 + q4];
             uint32_t m;
             if constexpr (D == 128) m = static_cast<uint32_t>(sbmK[(tw + xk) * W + q4]);
@@ -1071,7 +1079,8 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
 #pragma unroll
             for (int e = 0; e < 4; ++e) sacc[nh][e] *= p.scale_log2;
           if (vlim < 16) {  // a partial sub-tile (warp-uniform): tokens past the end get -inf
-            const bool va = gq < vlim, vb = gq + 8 < vlim;
+            const int tq = perm_tok(gq, p.fflags & kFPermTok);  // tokens of rows gq and gq + 8: tq, tq + 8
+            const bool va = tq < vlim, vb = tq + 8 < vlim;
 #pragma unroll
             for (int nh = 0; nh < NH; ++nh) {
               if (!va) sacc[nh][0] = sacc[nh][1] = NEG_INF;
@@ -1106,7 +1115,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
           uint32_t vp[4];
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int xv = 2 * q4 + (u & 1) + 8 * (u >> 1);
+            const int xv = perm_tok(2 * q4 + (u & 1), p.fflags & kFPermTok) + 8 * (u >> 1);  // P^T column -> token
             vp[u] = svV + 2 * table[(warp * 32 + 16 + xv) * 8 + gq];
             if constexpr (D == 128) vm[u] = reinterpret_cast<const unsigned short*>(sbmV + (tw + xv) * W)[gq];
             else vm[u] = reinterpret_cast<const unsigned char*>(sbmV + (tw + xv) * W)[gq];
@@ -1613,6 +1622,10 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
       return s.bm_st == W && reinterpret_cast<uintptr_t>(s.bitmap) % 16 == 0 && s.bm_sb % 4 == 0 && s.bm_sh % 4 == 0;
     };
     kp.fflags = (row16(p.k) && row16(p.v) ? kFBmBulk : 0) | (plan.skew[0] ? kFSkewK : 0) | (plan.skew[1] ? kFSkewV : 0);
+    // MUSTAFAR_PERM_TOK=0/1: A/B switch (same results up to rounding order)
+    static const int perm_env = env_switch("MUSTAFAR_PERM_TOK");
+    const bool perm = perm_env >= 0 ? perm_env == 1 : (D == 64 && plan.v_mode == 0 && p.v.k == 32 && !plan.skew[1]);
+    if (perm) kp.fflags |= kFPermTok;
   }
 #if MUSTAFAR_TRACE
   {  // measurement build: launch number MUSTAFAR_TRACE_CALL of this process prints (scripts/gpu_kernel_trace.py)
