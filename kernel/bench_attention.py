@@ -569,7 +569,8 @@ def sanitize_case() -> None:
     from kernel.attention import _cuda_attention
 
     # (mode, v_mode, k, D, G, dtype, layout, odd views): odd views and layout 2 take the general staging paths;
-    # plain fixed-k tensors with layout 0 take the fast path (k % 16 == 0 with head_dim 128: skewed token runs)
+    # plain fixed-k tensors with layout 0 take the fast path (k % 16 == 0 with head_dim 128: skewed token runs; k = 32
+    # with head_dim 64: permuted token order)
     for (mode, v_mode, k, D, G, dt, layout, odd) in (("fixed", "fixed", 39, 128, 4, torch.float16, 2, True),
                                                      ("fixed", "fixed", 40, 128, 8, torch.float16, 2, True),
                                                      ("fixed", "variable", 64, 64, 3, torch.bfloat16, 2, True),
@@ -577,7 +578,8 @@ def sanitize_case() -> None:
                                                      ("fixed", "fixed", 38, 128, 4, torch.float16, 0, False),
                                                      ("fixed", "fixed", 64, 128, 1, torch.bfloat16, 0, False),
                                                      ("fixed", "fixed", 48, 128, 12, torch.float16, 0, False),
-                                                     ("fixed", "fixed", 19, 64, 3, torch.float16, 0, False)):
+                                                     ("fixed", "fixed", 19, 64, 3, torch.float16, 0, False),
+                                                     ("fixed", "fixed", 32, 64, 3, torch.float16, 0, False)):
         inp = make_inputs(2, 2 * G, 2, D, 150, k, mode=mode, v_mode=v_mode, dtype=dt, n_win=9, ragged=True,
                           views=odd, misalign=odd and mode == "fixed", seed=3)
         out, lse = _cuda_attention(inp["q"], inp["k_chunk"], inp["v_chunk"], inp["k_win"], inp["v_win"],

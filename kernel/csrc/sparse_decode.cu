@@ -21,8 +21,11 @@
 //     O^T += V^T P^T with M = 16 channels, N = the heads; P^T comes from the S^T accumulators by an 8x8 transpose
 //   (movmatrix). The channel order inside the Q.K contraction is permuted per lane quad (lane quad q owns a
 //   contiguous channel range), so a lane's fragment registers come from one bitmap word; Q carries the same
-//   permutation.
-//   Online softmax in the log2 domain; the 4 warps merge in shared memory; each block writes one partial
+//   permutation. A gather is a bit test whose masked word is the value register, then a predicated 2-byte load
+//   (no zeroing moves). Head_dim 64 with k = 32 maps the warp's tokens to the mma rows in a permuted order
+//   (kFPermTok, against bank conflicts of 64-byte value runs).
+//   Online softmax in the log2 domain with a lazy running max (raised only when a score exceeds it by more than 8);
+//   the 4 warps merge in shared memory; each block writes one partial
 //   (O, log-sum-exp). The last block of a row to finish (per-row arrival counter, reset by that block, so no
 //   memset and CUDA-graph capturable) combines the partials and writes out (and lse, natural log). A separate
 //   merge kernel (same arithmetic, bitwise-equal results) is used only where no counter buffer can be had.
@@ -243,8 +246,9 @@ __device__ __forceinline__ void store_out(char* base, float v) {
 #define MUSTAFAR_PACK_ASM "mad.lo.u32 %0, v1, 65536, v0;\n\t}"
 // Value gathers. A lane walks one token region channel by channel, keeping a running shared-memory position that
 // advances only on kept channels. Written in PTX with explicit predicates (no branches):
-//   PRED (default): per channel LOP3.P + predicated LDS.U16 into a zeroed register + predicated IADD; lanes whose
-//                   channel is dropped issue no shared-memory access (fewer bank-conflict wavefronts).
+//   PRED (default): per channel LOP3.P (its register result is 0 where the channel is dropped) + predicated LDS.U16
+//                   into that register + predicated IADD; lanes whose channel is dropped issue no shared-memory access
+//                   (fewer bank-conflict wavefronts).
 //   !PRED:          unconditional LDS.U16 + SEL (the value buffers carry slack after the last value).
 // One IMAD packs each pair.
 template <uint32_t BIT, bool PRED>
