@@ -85,6 +85,8 @@ constexpr int kFBmBulk = 1, kFSkewK = 2, kFSkewV = 4;
 // parity (4-way conflicts). scripts/bank_conflict_sim.py: V gather wavefronts per 16-token tile 88 -> 61 (K side
 // unchanged; other k within +-3 %).
 constexpr int kFPermTok = 8;
+// (the callers pass p.fflags & kFPermTok at each use: hoisting it into a variable made ptxas spill 4-12 B in two
+// head_dim-64 kernels)
 __device__ __forceinline__ int perm_tok(int j, bool on) { return on ? ((j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)) : j; }
 
 struct WinArgs {
@@ -238,6 +240,7 @@ __device__ __forceinline__ void store_out(char* base, float v) {
   "and.b32 v1, " M1 ", " B1 ";\n\tsetp.ne.u32 p1, v1, 0;\n\t"
 #else
 #define MUSTAFAR_TEST_ASM(M0, B0, M1, B1)                                          \
+  ".reg .b32 t0, t1;\n\t"                                                     \
   "and.b32 t0, " M0 ", " B0 ";\n\tsetp.ne.u32 p0, t0, 0;\n\t"                 \
   "and.b32 t1, " M1 ", " B1 ";\n\tsetp.ne.u32 p1, t1, 0;\n\t"                 \
   "mov.b32 v0, 0;\n\tmov.b32 v1, 0;\n\t"
@@ -256,7 +259,7 @@ __device__ __forceinline__ uint32_t gather_two(uint32_t m, uint32_t& addr) {  //
   uint32_t out;
   if constexpr (PRED) {
     asm volatile(
-        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 v0, v1;\n\t"
         MUSTAFAR_TEST_ASM("%2", "%3", "%2", "%4")
         "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "@p1 ld.shared.u16 v1, [%1];\n\t@p1 add.u32 %1, %1, 2;\n\t"
@@ -282,7 +285,7 @@ __device__ __forceinline__ uint32_t gather_cross(uint32_t ma, uint32_t& aa, uint
   uint32_t out;  // (channel BIT of token a, channel BIT of token b)
   if constexpr (PRED) {
     asm volatile(
-        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 t0, t1, v0, v1;\n\t"
+        "{\n\t.reg .pred p0, p1;\n\t.reg .b32 v0, v1;\n\t"
         MUSTAFAR_TEST_ASM("%3", "%5", "%4", "%5")
         "@p0 ld.shared.u16 v0, [%1];\n\t@p0 add.u32 %1, %1, 2;\n\t"
         "@p1 ld.shared.u16 v1, [%2];\n\t@p1 add.u32 %2, %2, 2;\n\t"
@@ -1614,10 +1617,7 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
     // (H100, read flush): the general path's code, used by no other block, was fetched cold by every window block
     // and made it the last block of its row on small grids. MUSTAFAR_WIN_FAST=0 keeps the general path (A/B
     // switch; same results up to rounding order).
-    static const bool env_off = [] {
-      const char* v = std::getenv("MUSTAFAR_WIN_FAST");
-      return v && v[0] == '0';
-    }();
+    static const bool env_off = env_switch("MUSTAFAR_WIN_FAST") == 0;
     const int need = (p.n_win < plan.tile ? p.n_win : plan.tile) * D + 8;
     kp.win_fast = plan.fast && !env_off && p.k_win.st == D && p.v_win.st == D && caps[0] >= need && caps[1] >= need;
   }
@@ -1649,12 +1649,12 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   if (e != cudaSuccess) return e;
   // merge shared memory: weights [nsp][G], 1/sum [G], lse [G], padded to 16 B, then the split-subset partial sums
   const int merge_w = (((plan.num_splits + 1) * p.G + 2 * p.G + 3) & ~3) * 4;
-  const int merge_smem_fused = merge_w + kThreads * 16;
+  // weights + the split-subset sums (parts * nvec <= kThreads float4s, fused and separate merge alike)
   const int merge_smem = merge_w + kThreads * 16;
   // fused merge (last block of a row) where its weights fit the split kernel's shared memory
   static const bool env_separate = env_switch("MUSTAFAR_SEPARATE_MERGE") == 1;  // A/B switch for benchmarks
   const bool separate = p.separate_merge || env_separate;
-  kp.counters = (merge_smem_fused <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
+  kp.counters = (merge_smem <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
   dim3 grid(plan.num_splits + 1, p.H, p.B);
   fn<<<grid, kThreads, plan.smem_bytes, stream>>>(kp);
   e = cudaGetLastError();
