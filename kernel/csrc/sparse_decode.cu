@@ -45,6 +45,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 namespace mustafar {
 namespace {
@@ -633,6 +634,10 @@ constexpr bool kSubUnrollD128 = MUSTAFAR_SUB_UNROLL_D128 != 0;  // (pragmas do n
 #ifndef MUSTAFAR_TRACE
 #define MUSTAFAR_TRACE 0  // measurement build (-DMUSTAFAR_TRACE=1): thread 0 of every split-kernel block of one launch
                           // prints its phase times (globaltimer; fused merge only); scripts/gpu_kernel_trace.py
+#endif
+#if MUSTAFAR_TRACE
+constexpr int kTraceMax = 1 << 16, kTraceCols = 13;
+__device__ unsigned long long g_trace[kTraceMax * kTraceCols];
 #endif
 __device__ __forceinline__ unsigned long long gtimer() {
   unsigned long long t;
@@ -1226,13 +1231,29 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
   __syncthreads();
   if (MUSTAFAR_TRACE) tr[3] = gtimer();
   auto trace_out = [&](int last) {
-    if (MUSTAFAR_TRACE && tid == 0 && p.trace_on) {
+#if MUSTAFAR_TRACE
+    if (tid == 0 && p.trace_on) {
       tr[4] = gtimer();
       unsigned smid;
       asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-      printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu %llu %llu\n", s, h, b, (int)p.nsplit, smid, last, tr[0],
-             tr[1], tr[2], tr[3], tr[4], tr[5], tr[6]);
+      // one record per block in a device buffer, printed by the host after the launch (device printf delayed the
+      // exits of the blocks still running)
+      const int64_t lin = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z);
+      if (lin < kTraceMax) {
+        unsigned long long* r = g_trace + lin * kTraceCols;
+        r[0] = (unsigned long long)s;
+        r[1] = (unsigned long long)h;
+        r[2] = (unsigned long long)b;
+        r[3] = (unsigned long long)p.nsplit;
+        r[4] = smid;
+        r[5] = (unsigned long long)last;
+#pragma unroll
+        for (int i = 0; i < 7; ++i) r[6 + i] = tr[i];
+      }
     }
+#else
+    (void)last;
+#endif
   };
   const bool last = s_last;
   if (!last && !(p.warm_merge && s % kWarmEvery == 0)) {
@@ -1656,9 +1677,31 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   const bool separate = p.separate_merge || env_separate;
   kp.counters = (merge_smem <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
   dim3 grid(plan.num_splits + 1, p.H, p.B);
+#if MUSTAFAR_TRACE
+  if (kp.trace_on) {
+    void* buf = nullptr;  // clear the records (a block that does not write leaves none)
+    if (cudaGetSymbolAddress(&buf, g_trace) == cudaSuccess)
+      cudaMemsetAsync(buf, 0, sizeof(unsigned long long) * kTraceMax * kTraceCols, stream);
+  }
+#endif
   fn<<<grid, kThreads, plan.smem_bytes, stream>>>(kp);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
+#if MUSTAFAR_TRACE
+  if (kp.trace_on) {
+    std::vector<unsigned long long> rec((size_t)kTraceMax * kTraceCols);
+    cudaStreamSynchronize(stream);
+    cudaMemcpyFromSymbol(rec.data(), g_trace, rec.size() * sizeof(unsigned long long));
+    const int64_t nb = (int64_t)grid.x * grid.y * grid.z;
+    for (int64_t i = 0; i < nb && i < kTraceMax; ++i) {
+      const unsigned long long* r = rec.data() + i * kTraceCols;
+      if (r[6] == 0) continue;
+      printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu %llu %llu\n", (int)r[0], (int)r[1], (int)r[2], (int)r[3],
+             (unsigned)r[4], (int)r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]);
+    }
+    fflush(stdout);
+  }
+#endif
   if (kp.counters) return cudaSuccess;
   SplitFn mfn = pick_merge(D, bf16);
   if (merge_smem > 48 * 1024) {
