@@ -72,6 +72,18 @@ def summarize(lines, label):
     show("window block tiles (t2 - t1)", [r[8] - r[7] for r in win if r[7]])
     show("window block end (t3 - first t0)", [r[9] - t_first for r in win])
     show("row merge end (t4 - first t0)", [r[10] - t_first for r in rows if r[5] == 1])
+    # per SM (the SMs holding the most split blocks): when its last split block finished its tiles, and how far apart
+    # its blocks finished
+    by_sm = {}
+    for r in split:
+        if r[7]:
+            by_sm.setdefault(r[4], []).append(r[8] - t_first)
+    if by_sm:
+        most = max(len(v) for v in by_sm.values())
+        full = [v for v in by_sm.values() if len(v) == most]
+        print(f"  {len(full)} SMs with {most} split blocks:")
+        show("  last block's tiles end (t2)", [max(v) for v in full])
+        show("  spread of its blocks' tile ends", [max(v) - min(v) for v in full])
     return 0
 
 
