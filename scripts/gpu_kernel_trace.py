@@ -8,10 +8,12 @@ each after an L2 flush, like the benchmark's timer) and lets the last launch pri
 globaltimer at entry (t0), after the setup barrier, after thread 0 stored its Q fragments, when its first stage
 is ready (t1), after its last tile (t2), after the partial write and
 the arrival atomic (t3) and at exit (t4, after the row merge for the row's last block). Prints percentiles of each
-phase. The blocks write their records to a device buffer that the host prints after the launch, so the traced
-launch runs undisturbed (globaltimer reads aside). The flush is the benchmark's read flush (kernel.bench_attention.Timer: clean L2, and
-the reduction's code in the instruction caches); --write-flush uses the earlier write flush, --no-flush none (the
-traced launch then finds the previous launch's data in L2 where it fits, and its own code in the caches).
+phase, and per SM (the SMs holding the most split blocks) when its last block finished its tiles and how far apart
+its blocks finished. The blocks write their records to a device buffer that the host prints after the launch, so
+the traced launch runs undisturbed (globaltimer reads aside). The flush is the benchmark's read flush
+(kernel.bench_attention.Timer: clean L2, and the reduction's code in the instruction caches); --write-flush uses the
+earlier write flush, --no-flush none (the traced launch then finds the previous launch's data in L2 where it fits,
+and its own code in the caches).
 """
 import os
 import subprocess

@@ -633,7 +633,8 @@ constexpr int kWarmEvery = MUSTAFAR_WARM_EVERY;
 constexpr bool kSubUnrollD128 = MUSTAFAR_SUB_UNROLL_D128 != 0;  // (pragmas do not expand macros)
 #ifndef MUSTAFAR_TRACE
 #define MUSTAFAR_TRACE 0  // measurement build (-DMUSTAFAR_TRACE=1): thread 0 of every split-kernel block of one launch
-                          // prints its phase times (globaltimer; fused merge only); scripts/gpu_kernel_trace.py
+                          // records its phase times (globaltimer; fused merge only) in g_trace, which the host prints
+                          // after that launch; scripts/gpu_kernel_trace.py
 #endif
 #if MUSTAFAR_TRACE
 constexpr int kTraceMax = 1 << 16, kTraceCols = 13;
