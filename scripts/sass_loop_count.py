@@ -2,7 +2,7 @@
 
 Compiles kernel/csrc/sparse_decode.cu for sm_90 with the extension's flags (plus any -D... given), disassembles it
 with cuobjdump (from PATH, else the copy that ships with Triton), finds the fast-path main loop of one split-kernel
-instance (the smallest backward branch whose body holds 8 HMMA per 16-token sub-tile of a stage) and prints its
+instance (the smallest backward branch whose body holds D / 8 HMMA per 16-token sub-tile of a stage) and prints its
 instructions by category: the gather parts (bit test, predicated LDS.U16, pointer advance, pair pack) and the opcodes
 of everything else. The loop body also holds rarely taken paths (lazy-max rescale, part-filled sub-tiles, the stage
 issue of thread 0), so compare variants by difference; with --ncu CSV (the per-instruction source counters of
@@ -127,7 +127,7 @@ def main():
     d, tb = (int(x) for x in args.kernel.split(","))
     needle = f"split_kernelILi{d}ELb0ELb0ELb1ELi2ELi{tb}E"
     ins = function(compile_sass(defines), needle)
-    body = fast_loop(ins, 8 * (tb // 64))
+    body = fast_loop(ins, (d // 8) * (tb // 64))  # S and O^T mma: D / 16 each per 16-token sub-tile
     weights = ncu_counts(args.ncu) if args.ncu else None
     per = collections.Counter()
     for a, t in body:
