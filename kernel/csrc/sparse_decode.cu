@@ -645,6 +645,16 @@ __device__ __forceinline__ unsigned long long gtimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+// Rotating stager (prepared, not yet measured on a GPU; A/B: -DMUSTAFAR_ROTATE_STAGER=1): stage j's bulk copies are
+// issued by lane 0 of warp j % 4 instead of thread 0. Thread 0's per-stage issue is ~150-180 instructions (four bulk
+// copies, ~18 each, and their address math; v17 ncu: 38 of the 593 per sub-tile at SmolLM2 B=32 L=8192 50 %, 22 of
+// 469 at 70 %), all on warp 0, and warp w of every block runs on SM sub-partition w % 4, so sub-partition 0 issues
+// ~20-30 % more than the other three. Its cp.async remainder (partial last chunk, odd bitmap row) is waited for by
+// the thread that issued it, as every thread waits for its own groups.
+#ifndef MUSTAFAR_ROTATE_STAGER
+#define MUSTAFAR_ROTATE_STAGER 0
+#endif
+constexpr int kStagerLane = MUSTAFAR_ROTATE_STAGER ? 1 : 0;
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -808,7 +818,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       if (kBulk) {
         // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
         bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
-        if (tid == 0) {
+        if (tid == kStagerLane * ((j & 3) << 5)) {  // (MUSTAFAR_ROTATE_STAGER: lane 0 of warp j % 4)
           const uint32_t bar = smem_u32(&mbar[slot]);
           const char* a0[2];
           int tot[2];
