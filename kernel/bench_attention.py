@@ -362,22 +362,40 @@ def time_compress(reps: int = 20) -> list[str]:
     return out
 
 
-def sass_stats(so_path: str, needle: str = "split_kernelILi128ELb0ELb0E", top: int = 40) -> str:
-    """Opcode histogram of one kernel's SASS (cuobjdump), as text."""
-    import collections
+def sass_functions(path: str) -> dict[str, list[tuple[int, str]]]:
+    """SASS of every kernel in a cubin / shared object (cuobjdump): mangled name -> [(offset, instruction)]."""
     import re
     import subprocess
 
-    txt = subprocess.run(["cuobjdump", "-sass", so_path], capture_output=True, text=True).stdout
-    funcs = re.split(r"\n\s*Function : ", txt)
+    from kernel.cuda_ext import find_cuobjdump
+
+    exe = find_cuobjdump()
+    if exe is None:
+        raise RuntimeError("cuobjdump not found (CUDA toolkit, or Triton's bundled copy)")
+    txt = subprocess.run([exe, "-sass", path], capture_output=True, text=True, check=True).stdout
+    funcs: dict[str, list[tuple[int, str]]] = {}
+    cur = None
+    for line in txt.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m and cur is not None:
+            cur.append((int(m.group(1), 16), m.group(2).strip()))
+    return funcs
+
+
+def sass_stats(so_path: str, needle: str = "split_kernelILi128ELb0ELb0E", top: int = 40) -> str:
+    """Opcode histogram of the kernels whose names contain needle, as text."""
+    import collections
+    import re
+
     lines = []
-    for f in funcs:
-        name = f.split("\n", 1)[0].strip()
+    for name, ins in sass_functions(so_path).items():
         if needle not in name:
             continue
-        ops = collections.Counter()
-        for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_.]*)", f):
-            ops[m.group(1).split(".")[0]] += 1
+        ops = collections.Counter(re.sub(r"^@!?U?P[0-9T]\s+", "", t).split()[0].split(".")[0] for _, t in ins)
         lines.append(f"{name}: {sum(ops.values())} instructions")
         lines += [f"  {op:10s} {n}" for op, n in ops.most_common(top)]
     return "\n".join(lines)

@@ -48,6 +48,20 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def find_cuobjdump() -> str | None:
+    """Path of cuobjdump: beside nvcc, on PATH, else the copy that ships with Triton; or None."""
+    nvcc = find_nvcc()
+    cand = [os.path.join(os.path.dirname(nvcc), "cuobjdump")] if nvcc else []
+    cand.append(shutil.which("cuobjdump") or "")
+    try:
+        import triton
+
+        cand.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in cand if c and os.path.isfile(c)), None)
+
+
 def gencode_flags() -> list[str]:
     """-gencode for the current device (>= sm_80), else sm_80 and sm_90."""
     archs: list[str] = []

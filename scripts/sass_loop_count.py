@@ -1,13 +1,13 @@
 """Static instruction count of the sparse decode kernel's main loop (CPU machine, no GPU needed).
 
 Compiles kernel/csrc/sparse_decode.cu for sm_90 with the extension's flags (plus any -D... given), disassembles it
-with cuobjdump (from PATH, else the copy that ships with Triton), finds the fast-path main loop of one split-kernel
-instance (the smallest backward branch whose body holds D / 8 HMMA per 16-token sub-tile of a stage) and prints its
-instructions by category: the gather parts (bit test, predicated LDS.U16, pointer advance, pair pack) and the opcodes
-of everything else. The loop body also holds rarely taken paths (lazy-max rescale, part-filled sub-tiles, the stage
-issue of thread 0), so compare variants by difference; with --ncu CSV (the per-instruction source counters of
-scripts/gpu_kernel_profile.sh, `--page source --csv --print-source sass`, of the same source) it prints the executed
-counts per sub-tile instead (the offsets match where the code is the same).
+(kernel.bench_attention.sass_functions: cuobjdump beside nvcc, on PATH, or Triton's copy), finds the fast-path main
+loop of one split-kernel instance (the smallest backward branch whose body holds D / 8 HMMA per 16-token sub-tile of
+a stage) and prints its instructions by category: the gather parts (bit test, predicated LDS.U16, pointer advance,
+pair pack) and the opcodes of everything else. The loop body also holds rarely taken paths (lazy-max rescale,
+part-filled sub-tiles, the stage issue of thread 0), so compare variants by difference; with --ncu CSV (the
+per-instruction source counters of scripts/gpu_kernel_profile.sh, `--page source --csv --print-source sass`, of the
+same source) it prints the executed counts per sub-tile instead (the offsets match where the code is the same).
 
 Usage: python scripts/sass_loop_count.py [--kernel D,TB] [--top N] [--ncu CSV.gz --nsub N] [-DNAME=VALUE ...]
 e.g.   python scripts/sass_loop_count.py --kernel 64,128 -DMUSTAFAR_LAZY_MAX=0
@@ -15,34 +15,21 @@ e.g.   python scripts/sass_loop_count.py --kernel 64,128 -DMUSTAFAR_LAZY_MAX=0
 import argparse
 import collections
 import csv
-import glob
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from kernel.bench_attention import sass_functions  # noqa: E402
 SRC = os.path.join(ROOT, "kernel", "csrc", "sparse_decode.cu")
 
 
-def find_cuobjdump():
-    exe = shutil.which("cuobjdump")
-    if exe:
-        return exe
-    try:
-        import triton
-        cand = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
-        if cand:
-            return cand[0]
-    except ImportError:
-        pass
-    sys.exit("cuobjdump not found (CUDA toolkit or Triton's bundled copy needed)")
-
-
-def compile_sass(defines):
+def kernel_sass(defines, needle):
+    """(offset, instruction text) of the first kernel whose mangled name contains needle, in a fresh sm_90 build"""
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
         cmd = ["nvcc", "-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-cubin",
@@ -50,26 +37,11 @@ def compile_sass(defines):
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             sys.exit(r.stderr[-3000:])
-        return subprocess.run([find_cuobjdump(), "-sass", cubin], capture_output=True, text=True, check=True).stdout
-
-
-def function(sass, needle):
-    """(offset, instruction text) of the first function whose mangled name contains needle"""
-    out, cur = [], None
-    for line in sass.splitlines():
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            if out:
-                break
-            cur = m.group(1) if needle in m.group(1) else None
-            continue
-        if cur:
-            m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
-            if m:
-                out.append((int(m.group(1), 16), m.group(2).strip()))
-    if not out:
-        sys.exit(f"no function matching {needle}")
-    return out
+        funcs = sass_functions(cubin)
+    for name, ins in funcs.items():
+        if needle in name:
+            return ins
+    sys.exit(f"no function matching {needle}")
 
 
 def fast_loop(ins, hmma):
@@ -126,7 +98,7 @@ def main():
     args, defines = ap.parse_known_args()
     d, tb = (int(x) for x in args.kernel.split(","))
     needle = f"split_kernelILi{d}ELb0ELb0ELb1ELi2ELi{tb}E"
-    ins = function(compile_sass(defines), needle)
+    ins = kernel_sass(defines, needle)
     body = fast_loop(ins, (d // 8) * (tb // 64))  # S and O^T mma: D / 16 each per 16-token sub-tile
     weights = ncu_counts(args.ncu) if args.ncu else None
     per = collections.Counter()

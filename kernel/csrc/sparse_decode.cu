@@ -38,6 +38,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>  // device printf of the MUSTAFAR_TRACE measurement build
@@ -654,7 +655,7 @@ __device__ __forceinline__ unsigned long long gtimer() {
 #ifndef MUSTAFAR_ROTATE_STAGER
 #define MUSTAFAR_ROTATE_STAGER 0
 #endif
-constexpr int kStagerLane = MUSTAFAR_ROTATE_STAGER ? 1 : 0;
+constexpr bool kRotateStager = MUSTAFAR_ROTATE_STAGER != 0;
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -818,7 +819,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       if (kBulk) {
         // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
         bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
-        if (tid == kStagerLane * ((j & 3) << 5)) {  // (MUSTAFAR_ROTATE_STAGER: lane 0 of warp j % 4)
+        if (tid == (kRotateStager ? (j & 3) << 5 : 0)) {  // the stager: thread 0, or lane 0 of warp j % 4
           const uint32_t bar = smem_u32(&mbar[slot]);
           const char* a0[2];
           int tot[2];
@@ -1688,23 +1689,16 @@ cudaError_t sparse_decode_launch(const DecodeParams& p, const DecodePlan& plan, 
   const bool separate = p.separate_merge || env_separate;
   kp.counters = (merge_smem <= plan.smem_bytes && !separate) ? row_counters(stream, rows) : nullptr;
   dim3 grid(plan.num_splits + 1, p.H, p.B);
-#if MUSTAFAR_TRACE
-  if (kp.trace_on) {
-    void* buf = nullptr;  // clear the records (a block that does not write leaves none)
-    if (cudaGetSymbolAddress(&buf, g_trace) == cudaSuccess)
-      cudaMemsetAsync(buf, 0, sizeof(unsigned long long) * kTraceMax * kTraceCols, stream);
-  }
-#endif
   fn<<<grid, kThreads, plan.smem_bytes, stream>>>(kp);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
 #if MUSTAFAR_TRACE
-  if (kp.trace_on) {
-    std::vector<unsigned long long> rec((size_t)kTraceMax * kTraceCols);
+  if (kp.trace_on) {  // (g_trace starts zeroed and only this launch writes it: no clearing before the launch)
+    const int64_t nb = std::min<int64_t>((int64_t)grid.x * grid.y * grid.z, kTraceMax);
+    std::vector<unsigned long long> rec((size_t)nb * kTraceCols);
     cudaStreamSynchronize(stream);
     cudaMemcpyFromSymbol(rec.data(), g_trace, rec.size() * sizeof(unsigned long long));
-    const int64_t nb = (int64_t)grid.x * grid.y * grid.z;
-    for (int64_t i = 0; i < nb && i < kTraceMax; ++i) {
+    for (int64_t i = 0; i < nb; ++i) {
       const unsigned long long* r = rec.data() + i * kTraceCols;
       if (r[6] == 0) continue;
       printf("MTRACE %d %d %d %d %u %d %llu %llu %llu %llu %llu %llu %llu\n", (int)r[0], (int)r[1], (int)r[2], (int)r[3],
