@@ -646,12 +646,12 @@ __device__ __forceinline__ unsigned long long gtimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-// Rotating stager (prepared, not yet measured on a GPU; A/B: -DMUSTAFAR_ROTATE_STAGER=1): stage j's bulk copies are
-// issued by lane 0 of warp j % 4 instead of thread 0. Thread 0's per-stage issue is ~150-180 instructions (four bulk
-// copies, ~18 each, and their address math; v17 ncu: 38 of the 593 per sub-tile at SmolLM2 B=32 L=8192 50 %, 22 of
-// 469 at 70 %), all on warp 0, and warp w of every block runs on SM sub-partition w % 4, so sub-partition 0 issues
-// ~20-30 % more than the other three. Its cp.async remainder (partial last chunk, odd bitmap row) is waited for by
-// the thread that issued it, as every thread waits for its own groups.
+// Rotating stager (A/B switch, off: -DMUSTAFAR_ROTATE_STAGER=1): stage j's bulk copies are issued by lane 0 of warp
+// j % 4 instead of thread 0. Thread 0's per-stage issue is ~150-180 instructions, all on warp 0; the switch was meant
+// to spread them over the SM sub-partitions, but warp 0 of the blocks of one SM already sits on different
+// sub-partitions, and the measured effect is under 1 % either way (docs/KERNEL_NOTES.md row 19i). Its cp.async
+// remainder (partial last chunk, odd bitmap row) is waited for by the thread that issued it, as every thread waits
+// for its own groups.
 #ifndef MUSTAFAR_ROTATE_STAGER
 #define MUSTAFAR_ROTATE_STAGER 0
 #endif
