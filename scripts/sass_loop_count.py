@@ -25,6 +25,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from kernel.bench_attention import sass_functions  # noqa: E402
+from kernel.cuda_ext import find_nvcc  # noqa: E402
 SRC = os.path.join(ROOT, "kernel", "csrc", "sparse_decode.cu")
 
 
@@ -32,7 +33,10 @@ def kernel_sass(defines, needle):
     """(offset, instruction text) of the first kernel whose mangled name contains needle, in a fresh sm_90 build"""
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
-        cmd = ["nvcc", "-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-cubin",
+        nvcc = find_nvcc()
+        if nvcc is None:
+            sys.exit("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+        cmd = [nvcc, "-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-cubin",
                "-o", cubin, *defines, SRC]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:

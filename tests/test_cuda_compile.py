@@ -21,19 +21,23 @@ def test_kernel_sources_have_no_torch_headers():
         assert not bad.search(src), f"{os.path.basename(path)} includes a torch header"
 
 
-@pytest.mark.parametrize("source", CU_FILES)
-def test_nvcc_compiles_sm80_sm90(source):
+def _compile(source, flags):
+    """nvcc -c of one kernel source with the extension's optimisation flags plus `flags`; asserts success."""
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, source.replace(".cu", ".o"))
-        cmd = [nvcc, "-c", "-O3", "--use_fast_math", "-std=c++17",
-               "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
-               "-Xptxas", "-warn-spills", os.path.join(CSRC, source), "-o", obj]
+        cmd = [nvcc, "-c", "-O3", "--use_fast_math", "-std=c++17", *flags, os.path.join(CSRC, source), "-o", obj]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, f"nvcc failed:\n{res.stdout}\n{res.stderr}"
         assert os.path.getsize(obj) > 0
+
+
+@pytest.mark.parametrize("source", CU_FILES)
+def test_nvcc_compiles_sm80_sm90(source):
+    _compile(source, ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                      "-Xptxas", "-warn-spills"])
 
 
 def test_every_kernel_source_is_built():
@@ -47,12 +51,4 @@ def test_every_kernel_source_is_built():
 def test_nvcc_compiles_trace_build():
     # the measurement build of scripts/gpu_kernel_trace.py (-DMUSTAFAR_TRACE=1: phase records in a device buffer that
     # the host prints) is not part of the extension's normal build; keep it compiling
-    nvcc = find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-    with tempfile.TemporaryDirectory() as tmp:
-        obj = os.path.join(tmp, "trace.o")
-        cmd = [nvcc, "-c", "-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_90,code=sm_90",
-               "-DMUSTAFAR_TRACE=1", os.path.join(CSRC, "sparse_decode.cu"), "-o", obj]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, f"nvcc failed:\n{res.stdout}\n{res.stderr}"
+    _compile("sparse_decode.cu", ["-gencode=arch=compute_90,code=sm_90", "-DMUSTAFAR_TRACE=1"])

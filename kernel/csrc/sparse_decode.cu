@@ -41,7 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>  // device printf of the MUSTAFAR_TRACE measurement build
+#include <cstdio>  // host printf of the MUSTAFAR_TRACE measurement build's records
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -646,16 +646,6 @@ __device__ __forceinline__ unsigned long long gtimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-// Rotating stager (A/B switch, off: -DMUSTAFAR_ROTATE_STAGER=1): stage j's bulk copies are issued by lane 0 of warp
-// j % 4 instead of thread 0. Thread 0's per-stage issue is ~150-180 instructions, all on warp 0; the switch was meant
-// to spread them over the SM sub-partitions, but warp 0 of the blocks of one SM already sits on different
-// sub-partitions, and the measured effect is under 1 % either way (docs/KERNEL_NOTES.md row 19i). Its cp.async
-// remainder (partial last chunk, odd bitmap row) is waited for by the thread that issued it, as every thread waits
-// for its own groups.
-#ifndef MUSTAFAR_ROTATE_STAGER
-#define MUSTAFAR_ROTATE_STAGER 0
-#endif
-constexpr bool kRotateStager = MUSTAFAR_ROTATE_STAGER != 0;
 #ifndef MUSTAFAR_MIN_BLOCKS_D64
 #define MUSTAFAR_MIN_BLOCKS_D64 6  // head_dim 64: 80 registers, no spills (fp16); 3-5 % faster than 5 blocks per SM
 #endif
@@ -819,7 +809,7 @@ __global__ void __launch_bounds__(kThreads, GBIG ? 3 : (D == 64 ? MUSTAFAR_MIN_B
       if (kBulk) {
         // t0 - tbeg is a multiple of TB (even): with 8-byte rows an even first token keeps every tile's run aligned
         bm_bulk = (ff & kFBmBulk) && (W == 4 || !(tbeg & 1));
-        if (tid == (kRotateStager ? (j & 3) << 5 : 0)) {  // the stager: thread 0, or lane 0 of warp j % 4
+        if (tid == 0) {
           const uint32_t bar = smem_u32(&mbar[slot]);
           const char* a0[2];
           int tot[2];
